@@ -1,0 +1,322 @@
+"""The λ search: how far to shift the latent on each side, and why the search stopped.
+
+Each image has two *lanes*, one per side of λ = 0 (side −1 removes the features behind the
+prediction, side +1 exaggerates them). A lane looks at magnitudes t = |λ| > 0 and stops at
+the first of these rules, walking outward from t = 0 over every point it has evaluated:
+
+* ``image_change`` — the mean |x_λ − x_0| exceeds ``max_image_change`` × the dynamic range
+  of x_0; the bound is the last point within the limit.
+* ``target_reached`` — the prediction fell (side −1) or rose (side +1) to its goal; the
+  bound is the first point at the goal.
+* ``turned`` — the prediction moved back the wrong way before reaching the goal; the bound
+  is the extreme point before the turn (target not reached).
+* ``lambda_cap`` — |λ| reached ``max_lambda`` without any of the above (target not reached).
+
+Two strategies share that rule and differ only in which points they evaluate:
+``"paper"`` steps serially over the paper's schedule (|λ| = 1, 2, …, 10, 20, 30, …; the
+paper's Appendix C and its code), one model call at a time; ``"fast"`` starts from the
+first-order estimate t ≈ |goal − p0| / ‖dz‖² (free, from the gradient pass), extrapolates
+by secants until the goal is bracketed, then refines by interpolation, evaluating every
+lane's next point in one batch per round.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+ThresholdMode = Literal["relative", "absolute"]
+Strategy = Literal["fast", "paper"]
+STRATEGIES: tuple[str, ...] = ("fast", "paper")
+
+# Predictions that move by less than this are "not moving"; guards turn detection
+# against float noise in flat regions.
+_TURN_EPS = 1e-6
+
+
+class StopReason(StrEnum):
+    """Why one side of the λ search stopped. Only ``TARGET_REACHED`` means the prediction
+    moved by the requested amount; every other value is a "target not reached" result."""
+
+    TARGET_REACHED = "target_reached"
+    TURNED = "turned"
+    LAMBDA_CAP = "lambda_cap"
+    IMAGE_CHANGE = "image_change"
+    NO_GRADIENT = "no_gradient"
+    DISABLED = "disabled"
+
+    @property
+    def reached(self) -> bool:
+        return self is StopReason.TARGET_REACHED
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+
+_DESCRIPTIONS = {
+    StopReason.TARGET_REACHED: "the prediction moved by the requested amount",
+    StopReason.TURNED: "target not reached: the prediction turned back before the goal",
+    StopReason.LAMBDA_CAP: "target not reached: |lambda| hit max_lambda",
+    StopReason.IMAGE_CHANGE: "target not reached: the image changed more than max_image_change",
+    StopReason.NO_GRADIENT: "no counterfactual: the classifier's gradient in latent space is 0",
+    StopReason.DISABLED: "this side was not searched",
+}
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """Parameters of the λ search (defaults follow the paper).
+
+    Args:
+        lower_change: how far the prediction must fall on the negative side; a fraction of
+            the initial prediction (``threshold_mode="relative"``, default 0.3 = 30%) or a
+            probability difference (``"absolute"``).
+        upper_change: how far it must rise on the positive side (default 0.05); ``None`` or
+            0 disables that side (upper bound λ = 0, as the paper's later code did). A
+            relative goal above 1 is unreachable for a probability; it is then replaced by
+            the midpoint between the initial prediction and 1 (the goal used is reported).
+        threshold_mode: ``"relative"`` (the paper's text) or ``"absolute"`` (its code).
+        max_lambda: cap on |λ| (the paper's code: 1000).
+        max_image_change: stop when mean |x_λ − x_0| exceeds this fraction of x_0's dynamic
+            range (max − min); ``None`` disables the rule.
+        rtol: the fast strategy stops refining when the bracket is narrower than
+            ``rtol`` × |λ|.
+        ftol: ... or when the prediction at the bound is within ``ftol`` × the requested
+            change of its goal.
+    """
+
+    lower_change: float = 0.3
+    upper_change: float | None = 0.05
+    threshold_mode: ThresholdMode = "relative"
+    max_lambda: float = 1000.0
+    max_image_change: float | None = 0.5
+    rtol: float = 0.05
+    ftol: float = 0.05
+
+    def __post_init__(self) -> None:
+        if self.threshold_mode not in ("relative", "absolute"):
+            raise ValueError(
+                f"threshold_mode must be 'relative' or 'absolute', got {self.threshold_mode!r}"
+            )
+        if not self.lower_change > 0:
+            raise ValueError(f"lower_change must be > 0, got {self.lower_change}")
+        if self.upper_change is not None and self.upper_change < 0:
+            raise ValueError(f"upper_change must be >= 0 or None, got {self.upper_change}")
+        if not self.max_lambda > 0:
+            raise ValueError(f"max_lambda must be > 0, got {self.max_lambda}")
+        if self.max_image_change is not None and not self.max_image_change > 0:
+            raise ValueError(f"max_image_change must be > 0 or None, got {self.max_image_change}")
+        if not (0 < self.rtol < 1 and 0 <= self.ftol < 1):
+            raise ValueError("rtol must be in (0, 1) and ftol in [0, 1)")
+
+    def goal(self, p0: float, side: int) -> float | None:
+        """The prediction a side aims for, or ``None`` when the side is disabled."""
+        change = self.lower_change if side < 0 else self.upper_change
+        if not change:
+            return None
+        if self.threshold_mode == "relative":
+            goal = p0 * (1 - change) if side < 0 else p0 * (1 + change)
+        else:
+            goal = p0 - change if side < 0 else p0 + change
+        if side > 0 and goal > 1.0:
+            goal = (1.0 + p0) / 2
+        return max(goal, 0.0) if side < 0 else goal
+
+
+def paper_schedule(max_lambda: float) -> list[float]:
+    """|λ| values the paper's search visits in order: 1..10 by 1, then by 10, then the cap."""
+    ts: list[float] = []
+    t = 1.0
+    while t < max_lambda:
+        ts.append(t)
+        t = t + 1 if t < 10 else t + 10
+    ts.append(float(max_lambda))
+    return ts
+
+
+@dataclass
+class Point:
+    t: float
+    pred: float
+    change: float
+
+
+class Lane:
+    """One side of one image: the evaluated points and the decision they imply."""
+
+    def __init__(
+        self,
+        image: int,
+        side: int,
+        p0: float,
+        slope: float,
+        config: SearchConfig,
+        strategy: Strategy,
+    ) -> None:
+        self.image, self.side, self.config, self.strategy = image, side, config, strategy
+        self.p0, self.slope = p0, slope
+        self.goal = config.goal(p0, side)
+        self.points: list[Point] = [Point(0.0, p0, 0.0)]
+        self.reason: StopReason | None = None
+        self.bound = 0.0
+        self._schedule = paper_schedule(config.max_lambda) if strategy == "paper" else []
+        if self.goal is None:
+            self.reason = StopReason.DISABLED
+        elif slope <= 0 or not math.isfinite(slope):
+            self.reason = StopReason.NO_GRADIENT
+
+    @property
+    def done(self) -> bool:
+        return self.reason is not None
+
+    @property
+    def lam(self) -> float:
+        """The signed bound λ."""
+        return self.side * self.bound
+
+    def observe(self, t: float, pred: float, change: float) -> None:
+        self.points.append(Point(t, pred, change))
+        self.points.sort(key=lambda p: p.t)
+
+    # -- the shared stopping rule -------------------------------------------------------
+    def _reached(self, p: Point) -> bool:
+        assert self.goal is not None
+        return p.pred <= self.goal if self.side < 0 else p.pred >= self.goal
+
+    def _too_changed(self, p: Point) -> bool:
+        limit = self.config.max_image_change
+        return limit is not None and p.change > limit
+
+    def _turned(self, prev: Point, p: Point) -> bool:
+        return self.side * (p.pred - prev.pred) < -_TURN_EPS
+
+    def walk(self) -> tuple[StopReason | None, Point, Point | None]:
+        """Apply the stopping rule to the evaluated points, outward from t = 0.
+
+        Returns (reason, last acceptable point, first offending point or None). A reason of
+        ``None`` means no rule has fired yet.
+        """
+        prev = self.points[0]
+        for p in self.points[1:]:
+            if self._too_changed(p):
+                return StopReason.IMAGE_CHANGE, prev, p
+            if self._reached(p):
+                return StopReason.TARGET_REACHED, prev, p
+            if self._turned(prev, p):
+                return StopReason.TURNED, prev, p
+            if p.t >= self.config.max_lambda:
+                return StopReason.LAMBDA_CAP, p, None
+            prev = p
+        return None, prev, None
+
+    # -- which point to evaluate next ---------------------------------------------------
+    def propose(self) -> float | None:
+        """The next |λ| to evaluate, or ``None`` once the lane has decided."""
+        if self.done:
+            return None
+        reason, last, offender = self.walk()
+        if self.strategy == "paper":
+            return self._propose_paper(reason, last, offender)
+        return self._propose_fast(reason, last, offender)
+
+    def _finish(self, reason: StopReason, last: Point, offender: Point | None) -> None:
+        self.reason = reason
+        if reason is StopReason.TARGET_REACHED:
+            assert offender is not None
+            self.bound = offender.t
+        else:
+            self.bound = last.t
+
+    def _propose_paper(self, reason, last, offender) -> float | None:
+        if reason is not None:
+            self._finish(reason, last, offender)
+            return None
+        evaluated = {p.t for p in self.points}
+        for t in self._schedule:
+            if t not in evaluated:
+                return t
+        self._finish(StopReason.LAMBDA_CAP, last, None)  # pragma: no cover - cap is scheduled
+        return None
+
+    def _propose_fast(self, reason, last, offender) -> float | None:
+        cap = self.config.max_lambda
+        assert self.goal is not None
+        amount = abs(self.goal - self.p0)
+        if reason is None:
+            if last.t == 0.0:
+                t = amount / self.slope
+            else:
+                t = self._extrapolate(last)
+            return min(max(t, last.t * 1.05, 1e-6), cap)
+        if reason in (StopReason.TURNED, StopReason.LAMBDA_CAP):
+            self._finish(reason, last, offender)
+            return None
+        # Bracketed between `last` (acceptable) and `offender`: refine or finish.
+        assert offender is not None
+        lo, hi = last, offender
+        width = hi.t - lo.t
+        if reason is StopReason.TARGET_REACHED:
+            close = abs(hi.pred - self.goal) <= self.config.ftol * amount
+            # Aim a little past the goal so the new point usually lands on the reached side.
+            value_lo, value_hi = lo.pred, hi.pred
+            aim = self.goal + self.side * 0.5 * self.config.ftol * amount
+        else:
+            limit = self.config.max_image_change
+            assert limit is not None
+            close = limit - lo.change <= self.config.ftol * limit
+            value_lo, value_hi = lo.change, hi.change
+            aim = limit * (1 - 0.5 * self.config.ftol)
+        if close or width <= self.config.rtol * hi.t:
+            self._finish(reason, lo, hi)
+            return None
+        if value_hi != value_lo:
+            frac = (aim - value_lo) / (value_hi - value_lo)
+        else:
+            frac = 0.5
+        # Keep the new point well inside the bracket so it always shrinks.
+        frac = min(max(frac, 0.1), 0.9)
+        return lo.t + frac * width
+
+    def _extrapolate(self, last: Point) -> float:
+        """Secant step from the two outermost points toward the goal, overshooting by 20%
+        so that the next point brackets the goal; growth limited to ×8 per round."""
+        prev = self.points[-2]
+        slope = (last.pred - prev.pred) / (last.t - prev.t) * self.side
+        needed = (self.goal - last.pred) * self.side
+        if slope > 1e-12:
+            t = last.t + 1.2 * needed / slope
+            return min(max(t, last.t * 1.5), last.t * 8)
+        return last.t * 8
+
+
+Evaluate = Callable[[list[tuple[int, float]]], list[tuple[float, float]]]
+"""Evaluate signed λ for images: [(image, λ)] -> [(prediction, image change)]."""
+
+
+def run_search(
+    lanes: list[Lane],
+    evaluate: Evaluate,
+    serial: bool = False,
+) -> None:
+    """Drive lanes to a decision.
+
+    ``serial=False`` gathers every undecided lane's next point into one call per round;
+    ``serial=True`` (the paper's way) finishes one lane at a time with one point per call.
+    """
+    if serial:
+        for lane in lanes:
+            while (t := lane.propose()) is not None:
+                ((pred, change),) = evaluate([(lane.image, lane.side * t)])
+                lane.observe(t, pred, change)
+        return
+    while True:
+        requests = [(lane, t) for lane in lanes if (t := lane.propose()) is not None]
+        if not requests:
+            return
+        results = evaluate([(lane.image, lane.side * t) for lane, t in requests])
+        for (lane, t), (pred, change) in zip(requests, results, strict=True):
+            lane.observe(t, pred, change)
