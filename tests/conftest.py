@@ -1,0 +1,45 @@
+"""Shared fixtures: tiny trained models, the shared real data (skipped when absent), and
+a folder for test artefacts (screenshots, GIFs) that CI keeps."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from gifsplanation.testing import BlobData, tiny_models
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("GIFSPLANATION_SHARED_DATA", ROOT.parent / "shared" / "data"))
+ARTIFACTS = Path(os.environ.get("GIFSPLANATION_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+
+torch.set_flush_denormal(True)
+
+
+@pytest.fixture(scope="session")
+def tiny():
+    """(classifier, autoencoder, data) trained in seconds on the synthetic blob task."""
+    return tiny_models()
+
+
+@pytest.fixture()
+def blob_data() -> BlobData:
+    """A fresh, seeded generator of blob images (independent of test order)."""
+    return BlobData(seed=123)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (real chest X-rays); skips the test when it is absent."""
+    if not (SHARED_DATA / "covid-qu-ex" / "train.csv").is_file():
+        pytest.skip(f"real CXR data not found at {SHARED_DATA} (../shared/data is absent)")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """A folder for test artefacts (screenshots, GIFs), kept after the run."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
