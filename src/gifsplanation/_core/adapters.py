@@ -112,6 +112,10 @@ class Classifier:
         self.model = model
         self.output_kind: OutputKind = kind
         self.targets = list(targets) if targets is not None else model_targets(model)
+        # Declared input channels, if the model says; TorchXRayVision's JF model takes one
+        # channel although its first convolution has three, so a conv is only a hint.
+        self.in_channels: int | None = getattr(model, "in_channels", None)
+        self.conv_channels = _first_conv_channels(model)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         out = self.model(images)
@@ -168,6 +172,15 @@ class Autoencoder:
                 out, size=tuple(image_size), mode="bilinear", align_corners=False
             )
         return out
+
+
+def _first_conv_channels(model: Any) -> int | None:
+    """Input channels of the first convolution in ``model`` (``None`` if there is none)."""
+    if isinstance(model, nn.Module):
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                return m.in_channels
+    return None
 
 
 def model_device(model: Any) -> torch.device | None:

@@ -123,15 +123,22 @@ class LatentShift:
         n_frames = n_frames or self.n_frames
         if n_frames < 3:
             raise ValueError(f"n_frames must be >= 3, got {n_frames}")
-        x = check_images(inputs)
-        self._check_device(x)
+        if isinstance(inputs, torch.Tensor):
+            self._check_device(inputs)
+        x = check_images(inputs, channels=self.classifier.in_channels)
         b = x.shape[0]
         size = tuple(x.shape[-2:])
         clf, ae = self.classifier, self.autoencoder
 
         with torch.no_grad():
-            z = ae.encode(x)
-            input_out = clf(x)
+            try:
+                input_out = clf(x)
+                z = ae.encode(x)
+            except RuntimeError as e:
+                raise ValueError(
+                    f"the models could not process images of shape {tuple(x.shape)} "
+                    f"(first convolution expects {clf.conv_channels} channel(s)): {e}"
+                ) from e
         tgt = self._resolve_targets(target, b, input_out)
         rows = torch.arange(b, device=x.device)
         input_preds = input_out[rows, tgt]
