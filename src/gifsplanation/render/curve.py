@@ -1,0 +1,70 @@
+"""The classifier's prediction against λ, with the searched bounds and goals (a PNG).
+
+This is the plot to read first when a GIF looks wrong: it shows how far the search went
+on each side, which goal it aimed for, and why it stopped.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from pathlib import Path
+
+from .._core.explanation import Explanation
+from ._common import write_bytes
+
+
+def save_curve(
+    exp: Explanation, index: int, path: str | os.PathLike[str], *, dpi: int = 100
+) -> Path:
+    """Plot prediction vs λ for image ``index`` and write it as a PNG (Matplotlib, Agg).
+
+    Marks the sweep frames, λ = 0, the chosen bounds (vertical lines), the goal of each
+    side (horizontal dashed lines) and the prediction on the unreconstructed input.
+
+    Args:
+        exp: an :class:`~gifsplanation.Explanation`.
+        index: which image of the batch.
+        path: the ``.png`` file to write (atomically).
+        dpi: resolution (default 100; the figure is 6.4×4 inches).
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    s = exp.summary(index)
+    fig = Figure(figsize=(6.4, 4.0), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(s["lambdas"], s["preds"], "o-", color="black", label="prediction at frame")
+    ax.axvline(0.0, color="gray", lw=0.8)
+    for side, color in (("lower", "tab:blue"), ("upper", "tab:red")):
+        bound = s["bounds"][side]
+        reason = s["stop_reasons"][side]
+        ax.axvline(
+            bound, color=color, ls="-", lw=1.2, label=f"{side} bound λ={bound:.4g} ({reason})"
+        )
+        goal = s["goals"][side]
+        if goal is not None and math.isfinite(goal):
+            ax.axhline(goal, color=color, ls="--", lw=1.0, label=f"{side} goal p={goal:.3f}")
+    ax.plot(
+        [0.0], [s["input_pred"]], "D", color="tab:green", label=f"input p={s['input_pred']:.3f}"
+    )
+    name = s["target_name"] or f"output {s['target']}"
+    ax.set_xlabel("λ  (negative removes, positive adds)")
+    ax.set_ylabel(f"p({name})")
+    ax.set_ylim(-0.02, 1.02)
+    n_evals = sum(s["evaluations"].values())
+    ax.set_title(
+        f"Latent Shift: {name}  ({exp.strategy} search, {n_evals} evaluations)",
+        fontsize=10,
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return write_bytes(path, buf.getvalue())

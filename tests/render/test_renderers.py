@@ -1,0 +1,164 @@
+"""Renderers: GIF/MP4 frames and sizes, overlay, curve, flow, reports, atomic writes."""
+
+from __future__ import annotations
+
+import re
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from gifsplanation import LatentShift
+from gifsplanation.render import (
+    atomic_path,
+    compose_frames,
+    loop_order,
+    overlay_rgb,
+    save_curve,
+    save_flow,
+    save_gif,
+    save_mp4,
+    save_overlay,
+    sequence_flow,
+    write_index,
+    write_report,
+)
+from gifsplanation.render.gif import BAR_WIDTH, HEADER, SCRUBBER, panel_size
+
+N_FRAMES = 6
+
+
+@pytest.fixture(scope="module")
+def exp(tiny):
+    clf, ae, _ = tiny
+    from gifsplanation.testing import BlobData
+
+    return LatentShift(clf, ae, n_frames=N_FRAMES).explain(
+        BlobData(seed=7).positive(2), target="blob"
+    )
+
+
+def test_loop_order_goes_there_and_back():
+    assert loop_order(3) == [0, 1, 2, 1]
+    assert loop_order(1) == [0]
+
+
+@pytest.mark.parametrize("side_by_side", [True, False])
+def test_gif_frame_count_size_and_grayscale(exp, tmp_path, side_by_side):
+    out = save_gif(exp, 1, tmp_path / "a.gif", side_by_side=side_by_side, duration_ms=70)
+    im = Image.open(out)
+    p = panel_size(32)
+    width = 2 * p + BAR_WIDTH if side_by_side else p
+    assert im.n_frames == 2 * N_FRAMES - 2
+    assert im.size == (width, HEADER + p + SCRUBBER)
+    assert im.info["loop"] == 0
+    assert im.info["duration"] == 70
+    rgb = np.asarray(im.convert("RGB")).astype(int)
+    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+
+
+def test_gif_frames_follow_the_sequence(exp):
+    # The frame panel of composed frame k is the upscaled counterfactual frame k.
+    arrays = compose_frames(exp, 0, side_by_side=False, labels=False)
+    p = panel_size(32)
+    f = p // 32
+    for k in (0, N_FRAMES - 1):
+        panel = arrays[k][HEADER : HEADER + p : f, ::f]
+        expected = ((exp.frames[0, k, 0].numpy() + 1024) / 2048 * 255).round().clip(0, 255)
+        assert np.abs(panel.astype(float) - expected).max() <= 1
+
+
+def test_mp4_has_the_loop(exp, tmp_path):
+    out = save_mp4(exp, 0, tmp_path / "a.mp4", loops=2)
+    frames = iio.imread(out, plugin="pyav") if _has_pyav() else _ffmpeg_frames(out)
+    assert len(frames) == 2 * (2 * N_FRAMES - 2)
+    assert frames[0].shape[0] % 2 == 0 and frames[0].shape[1] % 2 == 0
+
+
+def _has_pyav() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _ffmpeg_frames(path):
+    import imageio.v2 as imageio
+
+    with imageio.get_reader(path, format="FFMPEG") as r:
+        return [f for f in r]
+
+
+def test_overlay_keeps_size_and_marks_the_hot_spot(tmp_path):
+    image = torch.zeros(16, 20)
+    heat = torch.zeros(16, 20)
+    heat[4, 5] = 3.0
+    out = save_overlay(image, heat, tmp_path / "m.png", alpha=0.8)
+    arr = np.asarray(Image.open(out))
+    assert arr.shape == (16, 20, 3)
+    gray = overlay_rgb(image, torch.zeros(16, 20))
+    assert (gray[..., 0] == gray[..., 2]).all()  # a zero map leaves the image gray
+    assert np.abs(arr[4, 5].astype(int) - arr[0, 0].astype(int)).sum() > 60
+
+
+def test_overlay_rejects_mismatched_shapes(tmp_path):
+    with pytest.raises(ValueError, match="does not match"):
+        save_overlay(torch.zeros(8, 8), torch.zeros(4, 4), tmp_path / "m.png")
+
+
+def test_curve_and_flow_are_pngs(exp, tmp_path):
+    for fn, name in ((save_curve, "curve.png"), (save_flow, "flow.png")):
+        out = fn(exp, 0, tmp_path / name)
+        im = Image.open(out)
+        assert im.format == "PNG" and im.size[0] > 100
+
+
+def test_flow_finds_a_shift():
+    yy, xx = torch.meshgrid(torch.arange(48.0), torch.arange(48.0), indexing="ij")
+    frames = torch.stack(
+        [2000 * torch.exp(-((yy - 24) ** 2 + (xx - 20 - 2 * k) ** 2) / 40) - 1000 for k in range(3)]
+    )[:, None]
+    flow = sequence_flow(frames, method="tvl1")
+    assert flow.shape == (2, 48, 48)
+    assert flow[1, 20:28, 20:28].mean() > 1.5  # moves right by ~4 px in total
+    assert abs(flow[0, 20:28, 20:28].mean()) < 1.0
+
+
+def test_report_embeds_assets_and_index_links(exp, tmp_path):
+    gif = save_gif(exp, 0, tmp_path / "latentshift.gif")
+    heat = save_overlay(exp.images[0, 0], exp.heatmap("max")[0], tmp_path / "map-max.png")
+    record = exp.summary(0) | {"image": "a<b>.png", "n_evaluations": 3}
+    report = write_report(record, {"gif": gif, "map-max": heat}, tmp_path / "report.html")
+    text = report.read_text()
+    assert 'id="asset-gif" alt="gif" src="data:image/gif;base64,' in text
+    assert 'id="asset-map-max" alt="map-max" src="data:image/png;base64,' in text
+    assert "a&lt;b&gt;.png" in text and "a<b>.png" not in text
+    index = write_index(
+        [
+            {
+                "image": "a.png",
+                "target": "blob",
+                "prediction": 0.9,
+                "status": "done",
+                "report": report,
+            },
+            {"image": "bad.png", "status": "failed", "reason": "not an image"},
+        ],
+        tmp_path / "index.html",
+    )
+    html = index.read_text()
+    assert re.search(r'href="report.html"', html)
+    assert "not an image" in html and "0.900" in html
+
+
+def test_atomic_path_leaves_nothing_on_error(tmp_path):
+    target = tmp_path / "x.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("new")
+        raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
