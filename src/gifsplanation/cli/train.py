@@ -1,9 +1,187 @@
-"""`gifsplanation` commands: train (see register)."""
+"""`gifsplanation train autoencoder|classifier`: train the bundled kinds of model on a
+folder or CSV of chest X-rays (see :mod:`gifsplanation.models.training`)."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import Annotated
+
 import typer
+
+train_app = typer.Typer(
+    help="Train an autoencoder or a classifier on a folder or CSV of chest X-rays.",
+    no_args_is_help=True,
+)
+
+DataArg = Annotated[
+    Path,
+    typer.Argument(
+        help="CSV with image,label[,infection_mask] columns (paths relative to the CSV), "
+        "or a folder whose sub-folders are the labels."
+    ),
+]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run folder (checkpoints, run.json).")]
+EpochsOpt = Annotated[int, typer.Option(help="Passes over the training split.")]
+BatchOpt = Annotated[int, typer.Option(help="Images per step.")]
+LrOpt = Annotated[float, typer.Option(help="Peak learning rate (AdamW, cosine schedule).")]
+SeedOpt = Annotated[int, typer.Option(help="Seed of the split, init, order, augmentation.")]
+SizeOpt = Annotated[int, typer.Option(help="Input side in pixels (224 = XRV convention).")]
+ValOpt = Annotated[float, typer.Option(help="Share of each label held out for validation.")]
+ChannelsOpt = Annotated[str, typer.Option(help="Comma-separated stage widths, e.g. 16,32,64,128.")]
+BlocksOpt = Annotated[int, typer.Option(help="Residual blocks per stage.")]
+AugOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Light augmentation.")]
+ThreadsOpt = Annotated[int, typer.Option(help="Torch CPU threads (0 = default).")]
+TimeOpt = Annotated[
+    float, typer.Option(help="Stop before an epoch that would cross this many minutes (0 = off).")
+]
+StepsOpt = Annotated[int, typer.Option(help="Stop after this many steps in total (0 = off).")]
+ValLimitOpt = Annotated[
+    int, typer.Option(help="Validate each epoch on the first N val images (0 = all).")
+]
+CacheOpt = Annotated[
+    Path | None, typer.Option(help="Folder to cache the decoded dataset in (default: memory).")
+]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from OUT/last.pt.")]
+DeviceOpt = Annotated[str, typer.Option(help="Torch device.")]
+
+
+def _channels(text: str) -> list[int]:
+    try:
+        values = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise typer.BadParameter(f"--channels {text!r}: expected integers like 16,32,64") from None
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"--channels {text!r}: expected positive integers")
+    return values
+
+
+def _run(cfg, resume: bool) -> None:
+    from rich.console import Console
+    from rich.logging import RichHandler
+
+    from ..models.training import train
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
+    )
+    try:
+        record = train(cfg, resume=resume)
+    except (FileNotFoundError, ValueError) as e:
+        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        raise typer.Exit(2) from None
+    Console().print(
+        f"done: {record['export']['file']} in {cfg.out} (sha256 {record['export']['sha256'][:12]}…)"
+    )
+
+
+def autoencoder(
+    data: DataArg,
+    out: OutOpt = Path("runs/autoencoder"),
+    epochs: EpochsOpt = 10,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 2e-3,
+    seed: SeedOpt = 0,
+    size: SizeOpt = 224,
+    val_fraction: ValOpt = 0.2,
+    channels: ChannelsOpt = "16,32,64,128",
+    latent_channels: Annotated[int, typer.Option(help="Bottleneck channels.")] = 16,
+    blocks: BlocksOpt = 1,
+    augment: AugOpt = True,
+    threads: ThreadsOpt = 0,
+    time_limit: TimeOpt = 0.0,
+    max_steps: StepsOpt = 0,
+    val_limit: ValLimitOpt = 0,
+    cache_dir: CacheOpt = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train a ResNet-style convolutional autoencoder (elastic L1+L2 loss).
+
+    The latent side is size / 2^len(channels): 4 widths give 14x14 at 224, 5 give 7x7.
+    """
+    from ..models.training import TrainConfig
+
+    cfg = TrainConfig(
+        kind="autoencoder",
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        size=size,
+        val_fraction=val_fraction,
+        channels=_channels(channels),
+        latent_channels=latent_channels,
+        blocks=blocks,
+        augment=augment,
+        threads=threads,
+        time_limit_min=time_limit,
+        max_steps=max_steps,
+        val_limit=val_limit,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        device=device,
+    )
+    _run(cfg, resume)
+
+
+def classifier(
+    data: DataArg,
+    out: OutOpt = Path("runs/classifier"),
+    epochs: EpochsOpt = 20,
+    batch_size: BatchOpt = 32,
+    lr: LrOpt = 2e-3,
+    seed: SeedOpt = 0,
+    size: SizeOpt = 224,
+    val_fraction: ValOpt = 0.2,
+    channels: ChannelsOpt = "16,32,64,128",
+    blocks: BlocksOpt = 1,
+    head: Annotated[
+        str, typer.Option(help="softmax (exclusive targets) or sigmoid (multi-label).")
+    ] = "softmax",
+    augment: AugOpt = True,
+    threads: ThreadsOpt = 0,
+    time_limit: TimeOpt = 0.0,
+    max_steps: StepsOpt = 0,
+    val_limit: ValLimitOpt = 0,
+    cache_dir: CacheOpt = None,
+    resume: ResumeOpt = False,
+    device: DeviceOpt = "cpu",
+) -> None:
+    """Train a small ResNet-style classifier returning calibrated probabilities."""
+    from ..models.training import TrainConfig
+
+    if head not in ("softmax", "sigmoid"):
+        raise typer.BadParameter(f"--head {head!r}: choose softmax or sigmoid")
+    cfg = TrainConfig(
+        kind="classifier",
+        data=str(data),
+        out=str(out),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        size=size,
+        val_fraction=val_fraction,
+        channels=_channels(channels),
+        blocks=blocks,
+        head=head,
+        augment=augment,
+        threads=threads,  # type: ignore[arg-type]
+        time_limit_min=time_limit,
+        max_steps=max_steps,
+        val_limit=val_limit,
+        cache_dir=str(cache_dir) if cache_dir else None,
+        device=device,
+    )
+    _run(cfg, resume)
+
+
+train_app.command("autoencoder")(autoencoder)
+train_app.command("classifier")(classifier)
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``train`` command group to ``app``."""
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,259 @@
+"""The two network families this package trains: a ResNet-style convolutional autoencoder
+with a spatial bottleneck and a small ResNet-style classifier, both on 1x224x224 inputs in
+TorchXRayVision's [-1024, 1024] convention, both sized to train on a CPU.
+
+Each class is rebuilt from its ``config`` dict alone (stored in every checkpoint), so a
+checkpoint file is self-describing. The classifier returns *probabilities*
+(``output_kind = "probability"``): a softmax over mutually exclusive targets by default
+(``head="softmax"``), or independent sigmoids (``head="sigmoid"``) for multi-label data.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+SCALE = 1024.0  # [-1024, 1024] <-> [-1, 1]
+
+
+def _bn(c: int) -> nn.BatchNorm2d:
+    return nn.BatchNorm2d(c)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions with batch norm and an identity shortcut."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn1 = _bn(c)
+        self.conv2 = nn.Conv2d(c, c, 3, 1, 1, bias=False)
+        self.bn2 = _bn(c)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(x + self.bn2(self.conv2(h)))
+
+
+class Down(nn.Module):
+    """Halve the resolution (strided 3x3 conv) and change the width, then a residual block."""
+
+    def __init__(self, cin: int, cout: int, blocks: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 2, 1, bias=False)
+        self.bn = _bn(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.blocks = nn.Sequential(*[ResBlock(cout) for _ in range(blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.relu(self.bn(self.conv(x))))
+
+
+class Up(nn.Module):
+    """Double the resolution (nearest upsampling + 3x3 conv), then a residual block."""
+
+    def __init__(self, cin: int, cout: int, blocks: int = 1) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.bn = _bn(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.blocks = nn.Sequential(*[ResBlock(cout) for _ in range(blocks)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2, mode="nearest")
+        return self.blocks(self.relu(self.bn(self.conv(x))))
+
+
+class CXRAutoencoder(nn.Module):
+    """ResNet-style convolutional autoencoder with a spatial bottleneck.
+
+    The encoder is a 4x4 stride-2 stem followed by ``len(channels) - 1`` stride-2 stages
+    (so ``len(channels)`` halvings in all); a 1x1 convolution maps the last stage to
+    ``latent_channels``. At 224 input, 4 halvings give a 14x14 latent and 5 give 7x7.
+    The decoder mirrors it and ends in a transposed 4x4 stride-2 convolution.
+
+    Args:
+        channels: widths of the stem and each stage (default ``(16, 32, 64, 128)``).
+        latent_channels: channels of the bottleneck (default 16).
+        blocks: residual blocks per stage (default 1).
+        input_size: the image side the model was trained for (default 224).
+
+    Example:
+        >>> ae = CXRAutoencoder(channels=(8, 16), latent_channels=4).eval()
+        >>> z = ae.encode(torch.zeros(2, 1, 224, 224)); tuple(z.shape)
+        (2, 4, 56, 56)
+        >>> tuple(ae.decode(z).shape)
+        (2, 1, 224, 224)
+    """
+
+    def __init__(
+        self,
+        channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
+        latent_channels: int = 16,
+        blocks: int = 1,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        channels = tuple(int(c) for c in channels)
+        if len(channels) < 1:
+            raise ValueError("channels needs at least one width (the stem)")
+        self.config: dict[str, Any] = {
+            "channels": list(channels),
+            "latent_channels": int(latent_channels),
+            "blocks": int(blocks),
+            "input_size": int(input_size),
+        }
+        self.input_size = int(input_size)
+        self.downsamplings = len(channels)
+        enc: list[nn.Module] = [
+            nn.Conv2d(1, channels[0], 4, 2, 1, bias=False),
+            _bn(channels[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
+            enc.append(Down(cin, cout, blocks))
+        enc.append(nn.Conv2d(channels[-1], latent_channels, 1))
+        self.encoder = nn.Sequential(*enc)
+        dec: list[nn.Module] = [
+            nn.Conv2d(latent_channels, channels[-1], 1, bias=False),
+            _bn(channels[-1]),
+            nn.ReLU(inplace=True),
+        ]
+        rev = channels[::-1]
+        for cin, cout in zip(rev[:-1], rev[1:], strict=True):
+            dec.append(Up(cin, cout, blocks))
+        dec.append(nn.ConvTranspose2d(channels[0], 1, 4, 2, 1))
+        self.decoder = nn.Sequential(*dec)
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the latent at ``input_size``."""
+        s = self.input_size // 2**self.downsamplings
+        return (self.config["latent_channels"], s, s)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """Images ``(B,1,H,W)`` in [-1024, 1024] -> latents ``(B,C,H/2^d,W/2^d)``."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+        return self.encoder(x / SCALE)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> images ``(B,1,H,W)`` in [-1024, 1024] (not clamped)."""
+        return self.decoder(z) * SCALE
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``x``: ``decode(encode(x))``."""
+        return self.decode(self.encode(x))
+
+
+def elastic_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Elastic-net reconstruction loss: mean L1 + mean L2, on images scaled to [-1, 1]."""
+    d = (recon - x) / SCALE
+    return d.abs().mean() + (d * d).mean()
+
+
+class CXRClassifier(nn.Module):
+    """A small ResNet-style chest X-ray classifier returning probabilities for named targets.
+
+    The input (1x224x224 in [-1024, 1024]) is average-pooled by ``pool`` first (default 2,
+    i.e. the network sees 112x112), which makes CPU training four times cheaper; then a
+    stride-2 stem and ``len(channels) - 1`` stride-2 residual stages, global average
+    pooling, dropout and a linear layer.
+
+    Args:
+        targets: output names (default the COVID-QU-Ex targets).
+        channels: widths of the stem and the stages (default ``(16, 32, 64, 128)``).
+        blocks: residual blocks per stage (default 1).
+        head: ``"softmax"`` (mutually exclusive targets; default) or ``"sigmoid"``.
+        pool: input average-pooling factor (default 2).
+        temperature: divides the logits before the softmax/sigmoid; fitted after training
+            on held-out data for calibration (default 1).
+        input_size: the image side the model expects (default 224).
+
+    Example:
+        >>> clf = CXRClassifier(targets=["a", "b"]).eval()
+        >>> p = clf(torch.zeros(3, 1, 224, 224)); tuple(p.shape), clf.output_kind
+        ((3, 2), 'probability')
+    """
+
+    output_kind = "probability"
+
+    def __init__(
+        self,
+        targets: list[str] | None = None,
+        channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
+        blocks: int = 1,
+        head: Literal["softmax", "sigmoid"] = "softmax",
+        pool: int = 2,
+        temperature: float = 1.0,
+        dropout: float = 0.2,
+        input_size: int = 224,
+    ) -> None:
+        super().__init__()
+        if targets is None:
+            targets = ["COVID-19", "Non-COVID pneumonia", "Normal"]
+        if head not in ("softmax", "sigmoid"):
+            raise ValueError(f"head must be 'softmax' or 'sigmoid', got {head!r}")
+        channels = tuple(int(c) for c in channels)
+        self.targets = list(targets)
+        self.head = head
+        self.input_size = int(input_size)
+        self.config: dict[str, Any] = {
+            "targets": self.targets,
+            "channels": list(channels),
+            "blocks": int(blocks),
+            "head": head,
+            "pool": int(pool),
+            "temperature": float(temperature),
+            "dropout": float(dropout),
+            "input_size": int(input_size),
+        }
+        self.pool = int(pool)
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+        layers: list[nn.Module] = [
+            nn.Conv2d(1, channels[0], 3, 2, 1, bias=False),
+            _bn(channels[0]),
+            nn.ReLU(inplace=True),
+        ]
+        for cin, cout in zip(channels[:-1], channels[1:], strict=True):
+            layers.append(Down(cin, cout, blocks))
+        self.features = nn.Sequential(*layers)
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(channels[-1], len(self.targets))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``(B, n_targets)`` before temperature and softmax/sigmoid."""
+        if x.ndim != 4 or x.shape[1] != 1:
+            raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
+        if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
+            x = F.interpolate(x, size=(self.input_size,) * 2, mode="bilinear", align_corners=False)
+        x = x / SCALE
+        if self.pool > 1:
+            x = F.avg_pool2d(x, self.pool)
+        h = self.features(x).mean(dim=(2, 3))
+        return self.fc(self.dropout(h))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Probabilities ``(B, n_targets)`` (softmax or sigmoid of logits / temperature)."""
+        z = self.logits(x) / self.temperature
+        return torch.softmax(z, dim=1) if self.head == "softmax" else torch.sigmoid(z)
+
+    def set_temperature(self, t: float) -> None:
+        """Set the calibration temperature (kept in ``config`` and the state dict)."""
+        self.temperature.fill_(float(t))
+        self.config["temperature"] = float(t)
+
+
+ARCHITECTURES: dict[str, type[nn.Module]] = {
+    "CXRAutoencoder": CXRAutoencoder,
+    "CXRClassifier": CXRClassifier,
+}
+
+
+def n_parameters(model: nn.Module) -> int:
+    """Number of parameters of ``model``."""
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,539 @@
+"""Training of the bundled autoencoder and classifier: seeded, resumable, recorded.
+
+:func:`train` reads a :class:`~gifsplanation.datasets.MaskedCXRDataset` (train and val
+splits), decodes it once into a ``uint8`` tensor (optionally cached on disk outside the
+repository), and runs AdamW with a cosine schedule and light augmentation (small random
+affine, brightness/contrast jitter; no flips, chest X-rays have a left and a right).
+After every epoch it validates, writes ``last.pt`` (model, optimiser, scheduler, history:
+``resume=True`` continues from it) and ``best.pt``, and updates ``run.json``, a JSON record
+of the configuration, data, per-epoch metrics and timing. At the end it exports the best
+model as fp16 weights (``model.pt``) with a JSON sidecar. The classifier's softmax is
+calibrated by temperature scaling on the validation split (AUC does not change); the
+autoencoder stores the mean latent of each training class (for the demo image).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import shlex
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..datasets import MaskedCXRDataset, uint8_to_model
+from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss, n_parameters
+from .checkpoint import (
+    atomic_torch_save,
+    atomic_write_json,
+    build_model,
+    export_model,
+    model_payload,
+    read_checkpoint,
+)
+
+log = logging.getLogger(__name__)
+
+Kind = Literal["autoencoder", "classifier"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (recorded in ``run.json``).
+
+    Args:
+        kind: ``"autoencoder"`` or ``"classifier"``.
+        data: CSV or label-folder dataset (see :class:`MaskedCXRDataset`).
+        out: run folder (checkpoints, ``run.json``, ``model.pt``).
+        epochs: passes over the training split.
+        batch_size: images per step.
+        lr: peak learning rate (AdamW, cosine decay to 5% with one warm-up epoch).
+        weight_decay: AdamW weight decay.
+        seed: seeds the split, the initialisation, the order and the augmentation.
+        size: input side (224 for the XRV convention).
+        val_fraction: share of each label held out.
+        channels: stage widths of the network.
+        latent_channels: autoencoder bottleneck channels.
+        blocks: residual blocks per stage.
+        head: classifier output (``"softmax"`` or ``"sigmoid"``).
+        augment: apply light augmentation.
+        threads: torch CPU threads (0 = torch's default).
+        time_limit_min: stop after the epoch that would cross this wall time (0 = none).
+        max_steps: stop after this many steps in total (0 = none; for tests).
+        val_limit: validate each epoch on the first N validation images (0 = all); the final
+            metrics always use the whole validation split.
+        cache_dir: where to keep the decoded ``uint8`` dataset between runs (None = memory).
+        device: torch device.
+    """
+
+    kind: Kind
+    data: str
+    out: str
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    size: int = 224
+    val_fraction: float = 0.2
+    channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    latent_channels: int = 16
+    blocks: int = 1
+    head: Literal["softmax", "sigmoid"] = "softmax"
+    augment: bool = True
+    threads: int = 0
+    time_limit_min: float = 0.0
+    max_steps: int = 0
+    val_limit: int = 0
+    cache_dir: str | None = None
+    device: str = "cpu"
+
+
+def load_split(
+    cfg: TrainConfig, split: Literal["train", "val"]
+) -> tuple[MaskedCXRDataset, torch.Tensor, torch.Tensor]:
+    """The dataset split and its decoded ``(uint8 images, targets)``, cached when asked."""
+    ds = MaskedCXRDataset(
+        cfg.data, size=cfg.size, split=split, seed=cfg.seed, val_fraction=cfg.val_fraction
+    )
+    if cfg.cache_dir is None:
+        return (ds, *ds.cached(progress=sys.stderr.isatty()))
+    key = "|".join(
+        [str(Path(cfg.data).resolve()), str(cfg.size), split, str(cfg.seed), str(cfg.val_fraction)]
+        + [str(r.image) for r in ds.records]
+    )
+    path = Path(cfg.cache_dir) / f"cxr-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        cached = torch.load(path, weights_only=True)
+        return ds, cached["images"], cached["targets"]
+    images, targets = ds.cached(progress=sys.stderr.isatty())
+    atomic_torch_save({"images": images, "targets": targets}, path)
+    return ds, images, targets
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Light augmentation of model-space images: rotation ±5°, scale ±5%, shift ±4%,
+    contrast ×[0.9, 1.1] and brightness ±50 (of 2048)."""
+    b = x.shape[0]
+    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(5)
+    scale = 1 + (torch.rand(b, generator=gen) * 2 - 1) * 0.05
+    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * 0.08  # grid units: 2 = full width
+    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
+    theta = torch.stack(
+        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
+    ).to(x)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    # pad with the darkest value: outside the field of view is black on a radiograph
+    out = F.grid_sample(x + 1024, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    out = out - 1024
+    contrast = (1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 0.1).to(x)
+    bright = ((torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 50).to(x)
+    return (out * contrast + bright).clamp(-1024, 1024)
+
+
+def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN when one class is absent."""
+    from sklearn.metrics import roc_auc_score
+
+    if positive.all() or not positive.any():
+        return float("nan")
+    return float(roc_auc_score(positive.astype(int), scores))
+
+
+@torch.no_grad()
+def predict(
+    model: nn.Module, images: torch.Tensor, batch_size: int = 64, device: str = "cpu"
+) -> torch.Tensor:
+    """Outputs of ``model`` on cached ``uint8`` images, batched, in eval mode."""
+    model.eval()
+    outs = [
+        model(uint8_to_model(images[i : i + batch_size]).to(device)).cpu()
+        for i in range(0, len(images), batch_size)
+    ]
+    return torch.cat(outs)
+
+
+def classifier_metrics(probs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict:
+    """Per-target one-vs-rest AUC, accuracy and NLL of class probabilities."""
+    p = probs.numpy()
+    t = targets.numpy()
+    aucs = {n: roc_auc(p[:, i], t == i) for i, n in enumerate(names)}
+    nll = float(F.nll_loss(torch.log(probs.clamp_min(1e-7)), targets))
+    return {
+        "auc": aucs,
+        "mean_auc": float(np.nanmean(list(aucs.values()))),
+        "accuracy": float((p.argmax(1) == t).mean()),
+        "nll": nll,
+        "ece": expected_calibration_error(probs, targets),
+    }
+
+
+def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> float:
+    """Top-label expected calibration error with equal-width confidence bins."""
+    conf, pred = probs.max(1)
+    correct = (pred == targets).float()
+    ece = 0.0
+    for lo in range(bins):
+        sel = (conf > lo / bins) & (conf <= (lo + 1) / bins)
+        if sel.any():
+            ece += float(sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs())
+    return ece
+
+
+@torch.no_grad()
+def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, head: str) -> float:
+    """Temperature minimising the NLL of held-out logits (grid search on log scale)."""
+    best_t, best = 1.0, float("inf")
+    for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 81)):
+        z = logits / float(t)
+        if head == "softmax":
+            nll = float(F.cross_entropy(z, targets))
+        else:
+            onehot = F.one_hot(targets, logits.shape[1]).float()
+            nll = float(F.binary_cross_entropy_with_logits(z, onehot))
+        if nll < best:
+            best_t, best = float(t), nll
+    return best_t
+
+
+def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
+    """The untrained network a config describes."""
+    if cfg.kind == "autoencoder":
+        return CXRAutoencoder(
+            channels=cfg.channels,
+            latent_channels=cfg.latent_channels,
+            blocks=cfg.blocks,
+            input_size=cfg.size,
+        )
+    if cfg.kind == "classifier":
+        return CXRClassifier(
+            targets=targets,
+            channels=cfg.channels,
+            blocks=cfg.blocks,
+            head=cfg.head,
+            input_size=cfg.size,
+        )
+    raise ValueError(f"kind must be 'autoencoder' or 'classifier', got {cfg.kind!r}")
+
+
+def _loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if cfg.kind == "autoencoder":
+        return elastic_loss(model(x), x)
+    logits = model.logits(x)  # type: ignore[operator]
+    if cfg.head == "softmax":
+        return F.cross_entropy(logits, y)
+    return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).float())
+
+
+@torch.no_grad()
+def _validate(
+    cfg: TrainConfig,
+    model: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    names: list[str],
+) -> dict[str, Any]:
+    model.eval()
+    if cfg.kind == "autoencoder":
+        abs_err, sq_err, n = 0.0, 0.0, 0
+        for i in range(0, len(images), 64):
+            x = uint8_to_model(images[i : i + 64]).to(cfg.device)
+            d = model(x) - x
+            abs_err += float(d.abs().sum())
+            sq_err += float((d * d).sum())
+            n += d.numel()
+        mae, mse = abs_err / n, sq_err / n
+        return {"mae": mae, "loss": mae / 1024 + mse / 1024**2}
+    probs = predict(model, images, device=cfg.device)
+    m = classifier_metrics(probs, targets, names)
+    m["loss"] = m["nll"]
+    return m
+
+
+def _better(cfg: TrainConfig, new: dict, old: dict | None) -> bool:
+    if old is None:
+        return True
+    if cfg.kind == "classifier":  # AUC first, NLL breaks ties
+        return (new["mean_auc"], -new["nll"]) > (old["mean_auc"], -old["nll"])
+    return new["loss"] < old["loss"]
+
+
+def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) -> dict[str, Any]:
+    """Train one model as ``cfg`` says; returns the run record (also in ``out/run.json``).
+
+    Args:
+        cfg: the run configuration.
+        resume: continue from ``out/last.pt`` when it exists (the config must match).
+        command: the command line to record (default ``sys.argv``).
+
+    Returns:
+        The run record: config, data sizes, history of per-epoch metrics, best and final
+        metrics, and the exported weights' sidecar.
+
+    Example:
+        >>> cfg = TrainConfig("classifier", "train.csv", "runs/clf")  # doctest: +SKIP
+        >>> train(cfg)["best"]["auc"]  # doctest: +SKIP
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    t_start = time.time()
+    if cfg.threads > 0:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+
+    train_ds, x_train, y_train = load_split(cfg, "train")
+    val_ds, x_val, y_val = load_split(cfg, "val")
+    names = train_ds.labels
+    log.info("data: %d train, %d val images, labels %s", len(x_train), len(x_val), names)
+
+    torch.manual_seed(cfg.seed)
+    model = build(cfg, names).to(cfg.device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warm = min(steps_per_epoch, max(total // 10, 1))
+
+    def lr_at(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        frac = (step - warm) / max(1, total - warm)
+        return 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None
+    start_epoch, step = 0, 0
+    last_path, best_path = out / "last.pt", out / "best.pt"
+    if resume and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        saved = dict(state["train_config"])
+        mismatch = {
+            k: (saved.get(k), v)
+            for k, v in asdict(cfg).items()
+            if k in ("kind", "channels", "latent_channels", "blocks", "head", "size", "seed")
+            and saved.get(k) != v
+        }
+        if mismatch:
+            raise ValueError(
+                f"cannot resume {last_path}: its configuration differs {mismatch} "
+                "(saved, requested); use another --out folder or the saved settings"
+            )
+        model.load_state_dict(state["model"]["state_dict"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        history, best = state["history"], state["best"]
+        start_epoch, step = state["epoch"], state["step"]
+        log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, step)
+
+    record: dict[str, Any] = {
+        "kind": cfg.kind,
+        "command": command,
+        "config": asdict(cfg),
+        "data": {
+            "source": str(cfg.data),
+            "labels": names,
+            "n_train": len(x_train),
+            "n_val": len(x_val),
+            "train_counts": {n: int((y_train == i).sum()) for i, n in enumerate(names)},
+            "val_counts": {n: int((y_val == i).sum()) for i, n in enumerate(names)},
+        },
+        "architecture": type(model).__name__,
+        "model_config": dict(model.config),  # type: ignore[attr-defined]
+        "parameters": n_parameters(model),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    gen = torch.Generator()
+    stopped = None
+    epoch_seconds: list[float] = [h["seconds"] for h in history]
+    elapsed_before = sum(epoch_seconds)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        transient=False,
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        for epoch in range(start_epoch, cfg.epochs):
+            if cfg.time_limit_min and epoch_seconds:
+                used = time.time() - t_start + elapsed_before
+                if used + float(np.mean(epoch_seconds)) > cfg.time_limit_min * 60:
+                    stopped = (
+                        f"time limit {cfg.time_limit_min} min reached before epoch {epoch + 1}"
+                    )
+                    break
+            if cfg.max_steps and step >= cfg.max_steps:
+                stopped = f"max_steps {cfg.max_steps} reached"
+                break
+            t0 = time.time()
+            model.train()
+            gen.manual_seed(cfg.seed * 1000 + epoch)
+            order = torch.randperm(len(x_train), generator=gen)
+            task = progress.add_task(
+                f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, info=""
+            )
+            running = 0.0
+            for s in range(steps_per_epoch):
+                idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
+                x = uint8_to_model(x_train[idx])
+                if cfg.augment:
+                    x = augment_batch(x, gen)
+                x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
+                loss = _loss(cfg, model, x, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                step += 1
+                running += loss.item()
+                progress.update(task, advance=1, info=f"loss {running / (s + 1):.4f}")
+                if cfg.max_steps and step >= cfg.max_steps:
+                    break
+            n_val = cfg.val_limit or len(x_val)
+            metrics = _validate(cfg, model, x_val[:n_val], y_val[:n_val], names)
+            seconds = time.time() - t0
+            epoch_seconds.append(seconds)
+            entry = {
+                "epoch": epoch + 1,
+                "step": step,
+                "train_loss": running / (s + 1),
+                "lr": opt.param_groups[0]["lr"],
+                "seconds": seconds,
+                "val": metrics,
+            }
+            history.append(entry)
+            if _better(cfg, metrics, best):
+                best = {"epoch": epoch + 1, **metrics}
+                atomic_torch_save(model_payload(model, meta={"epoch": epoch + 1}), best_path)
+            log.info(
+                "epoch %d/%d: train loss %.4f, val %s (%.0f s)",
+                epoch + 1,
+                cfg.epochs,
+                entry["train_loss"],
+                _short(metrics),
+                seconds,
+            )
+            atomic_torch_save(
+                {
+                    "train_config": asdict(cfg),
+                    "model": model_payload(model),
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "history": history,
+                    "best": best,
+                    "epoch": epoch + 1,
+                    "step": step,
+                },
+                last_path,
+            )
+            record.update(history=history, best=best, status="training")
+            atomic_write_json(record, out / "run.json")
+
+    record["stopped_early"] = stopped
+    if not best_path.is_file():
+        raise RuntimeError(f"no epoch completed in {out}; nothing to export")
+    final = build_model(read_checkpoint(best_path), cfg.device)
+    extras: dict[str, torch.Tensor] = {}
+    if cfg.kind == "classifier":
+        final_logits = _logits(final, x_val, cfg.device)
+        before = classifier_metrics(_probs(final_logits, cfg.head), y_val, names)
+        t = fit_temperature(final_logits, y_val, cfg.head)
+        final.set_temperature(t)  # type: ignore[operator]
+        after = classifier_metrics(_probs(final_logits / t, cfg.head), y_val, names)
+        record["calibration"] = {"temperature": t, "before": before, "after": after}
+        record["final_val"] = after
+    else:
+        record["final_val"] = _validate(cfg, final, x_val, y_val, names)
+        extras = class_mean_latents(final, x_train, y_train, names, cfg.device)
+    record["seconds"] = elapsed_before + time.time() - t_start
+    meta = {
+        "name": out.name,
+        "kind": cfg.kind,
+        "command": command,
+        "data": record["data"],
+        "best_epoch": best["epoch"] if best else None,
+        "metrics_val": record["final_val"],
+        "train_seconds": record["seconds"],
+        "seed": cfg.seed,
+        "val_fraction": cfg.val_fraction,
+    }
+    if cfg.kind == "autoencoder":
+        meta["class_mean_latents"] = sorted(extras)
+    record["export"] = export_model(final, out / "model.pt", extras=extras, meta=meta)
+    record["status"] = "done"
+    atomic_write_json(record, out / "run.json")
+    log.info("wrote %s (%s)", out / "model.pt", _short(record["final_val"]))
+    return record
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, images: torch.Tensor, device: str) -> torch.Tensor:
+    model.eval()
+    return torch.cat(
+        [
+            model.logits(uint8_to_model(images[i : i + 64]).to(device)).cpu()  # type: ignore[operator]
+            for i in range(0, len(images), 64)
+        ]
+    )
+
+
+def _probs(logits: torch.Tensor, head: str) -> torch.Tensor:
+    return torch.softmax(logits, 1) if head == "softmax" else torch.sigmoid(logits)
+
+
+@torch.no_grad()
+def class_mean_latents(
+    ae: nn.Module,
+    images: torch.Tensor,
+    targets: torch.Tensor,
+    names: list[str],
+    device: str,
+    per_class: int = 400,
+) -> dict[str, torch.Tensor]:
+    """Mean latent of each class's images (a seeded sample of ``per_class`` at most):
+    ``{"mean_latent/<name>": (C,h,w)}``."""
+    ae.eval()
+    sums: dict[int, torch.Tensor] = {}
+    counts: dict[int, int] = {}
+    # a seeded sample of at most `per_class` images per class keeps this cheap on a CPU
+    keep = (
+        torch.cat(
+            [
+                (targets == c).nonzero()[:, 0][
+                    torch.randperm(
+                        int((targets == c).sum()), generator=torch.Generator().manual_seed(0)
+                    )
+                ][:per_class]
+                for c in targets.unique().tolist()
+            ]
+        )
+        .sort()
+        .values
+    )
+    images, targets = images[keep], targets[keep]
+    for i in range(0, len(images), 64):
+        z = ae.encode(uint8_to_model(images[i : i + 64]).to(device)).cpu()  # type: ignore[operator]
+        for c in targets[i : i + 64].unique().tolist():
+            sel = targets[i : i + 64] == c
+            sums[c] = sums.get(c, 0) + z[sel].sum(0)
+            counts[c] = counts.get(c, 0) + int(sel.sum())
+    return {f"mean_latent/{names[c]}": sums[c] / counts[c] for c in sorted(sums)}
+
+
+def _short(m: dict[str, Any]) -> str:
+    if "mae" in m:
+        return f"MAE {m['mae']:.1f}"
+    aucs = ", ".join(f"{k} {v:.3f}" for k, v in m["auc"].items())
+    return f"AUC {aucs}; acc {m['accuracy']:.3f}; nll {m['nll']:.3f}"
