@@ -1,9 +1,279 @@
-"""`gifsplanation` commands: study (see register)."""
+"""`gifsplanation study ...`: run the paper's reader study with your own readers.
+
+``select`` picks cases like the paper, ``create`` builds a study folder (visuals + SQLite),
+``add-reader`` prints a reader's private link, ``readers`` lists links and progress,
+``serve`` runs the web app, ``export`` writes every answer as CSV and ``analyze`` computes
+the paper's statistics (Markdown + CSV + PNG).
+"""
 
 from __future__ import annotations
 
+import csv
+import logging
+from pathlib import Path
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+out_console = Console()
+
+study_app = typer.Typer(
+    help="Reader study: create a study, add readers, serve it, export and analyse answers.",
+    no_args_is_help=True,
+)
+
+STUDY_DIR = typer.Argument(..., help="The study folder (made by `study create`).")
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {message}")
+    return typer.Exit(code=1)
+
+
+def _models(classifier: str | None, autoencoder: str | None, device: str):
+    try:
+        from gifsplanation.models import get_autoencoder, get_classifier
+    except ImportError as err:  # the models registry is part of the package; say so if broken
+        raise _fail(f"cannot import gifsplanation.models ({err})") from err
+    clf = get_classifier(classifier, device=device)
+    ae = get_autoencoder(autoencoder, device=device)
+    return clf, ae
+
+
+def _loader(size: int):
+    from gifsplanation.io import load_image
+
+    def load(path: str):
+        return load_image(path, size=size)
+
+    return load
+
+
+@study_app.command("select")
+def select_cmd(
+    images_csv: Path = typer.Argument(
+        ...,
+        exists=True,
+        dir_okay=False,
+        help="CSV with image and label columns (label: the "
+        "ground-truth class name(s), several joined by '|').",
+    ),
+    out: Path = typer.Option(..., "--out", help="The CASES.csv to write."),
+    classifier: str | None = typer.Option(None, help="Classifier name or checkpoint path."),
+    per_target: int = typer.Option(20, help="Cases per target (paper: 20)."),
+    fp_share: float = typer.Option(0.5, help="Share of false positives per target (paper: 0.5)."),
+    threshold: float = typer.Option(0.6, help="Only predictions above this (paper: 0.6)."),
+    targets: list[str] = typer.Option(None, "--target", help="Targets to use (default: all)."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+    device: str = typer.Option("cpu", help="Torch device."),
+) -> None:
+    """Pick study cases like the paper: predicted positives, a share of them false positives,
+    balanced over targets. Writes CASES.csv (image, target, label, prediction)."""
+    from gifsplanation.study.build import predict_images
+    from gifsplanation.study.export import write_csv
+    from gifsplanation.study.selection import candidates, select_cases
+
+    with open(images_csv, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "image" not in rows[0] or "label" not in rows[0]:
+        raise _fail(f"{images_csv}: needs image and label columns")
+    paths = [
+        str(p if Path(p).is_absolute() else images_csv.parent / p)
+        for p in (r["image"] for r in rows)
+    ]
+    try:
+        from gifsplanation.models import get_classifier
+    except ImportError as err:
+        raise _fail(f"cannot import gifsplanation.models ({err})") from err
+    clf = get_classifier(classifier, device=device)
+    size = int(getattr(clf, "input_size", None) or 224)
+    with console.status(f"predicting {len(paths)} images"):
+        probs = predict_images(paths, clf, _loader(size))
+    chosen = select_cases(
+        candidates(paths, [r["label"] for r in rows], probs, list(clf.targets)),
+        per_target=per_target,
+        fp_share=fp_share,
+        threshold=threshold,
+        targets=targets or None,
+        seed=seed,
+    )
+    write_csv(out, chosen, ("image", "target", "label", "prediction"))
+    n_fp = sum(1 for r in chosen if not r["label"])
+    console.print(f"wrote {out}: {len(chosen)} cases ({n_fp} false positives)")
+
+
+@study_app.command("create")
+def create_cmd(
+    cases_csv: Path = typer.Argument(
+        ..., exists=True, dir_okay=False, help="CSV with image, target and label columns."
+    ),
+    out: Path = typer.Option(..., "--out", help="The new study folder."),
+    classifier: str | None = typer.Option(None, help="Classifier name or checkpoint path."),
+    autoencoder: str | None = typer.Option(None, help="Autoencoder name or checkpoint path."),
+    limit: int | None = typer.Option(None, help="Use only the first N cases."),
+    threshold: float = typer.Option(
+        0.5, help="Warn about cases predicted at or below this (the study shows positives)."
+    ),
+    device: str = typer.Option("cpu", help="Torch device."),
+) -> None:
+    """Compute predictions, Method A maps and Method B map + GIF for every case and store
+    them with a SQLite database in the study folder."""
+    from gifsplanation.study.build import create_study, read_cases
+
+    try:
+        specs = read_cases(cases_csv, limit)
+    except ValueError as err:
+        raise _fail(str(err)) from err
+    clf, ae = _models(classifier, autoencoder, device)
+    size = int(getattr(ae, "input_size", None) or 224)
+    meta = {
+        "classifier": getattr(clf, "name", classifier or "default"),
+        "classifier_sha256": getattr(clf, "weights_sha256", None) or "",
+        "autoencoder": getattr(ae, "name", autoencoder or "default"),
+        "autoencoder_sha256": getattr(ae, "weights_sha256", None) or "",
+        "cases_csv": str(cases_csv),
+    }
+    from rich.progress import Progress
+
+    with Progress(console=console) as bar:
+        task = bar.add_task("rendering cases", total=len(specs))
+
+        def progress(i: int, n: int, spec) -> None:
+            bar.update(task, completed=i, description=f"case {i + 1}/{n}")
+
+        try:
+            store = create_study(
+                specs,
+                out,
+                clf,
+                ae,
+                loader=_loader(size),
+                threshold=threshold,
+                meta=meta,
+                progress=progress,
+            )
+        except (FileExistsError, ValueError, RuntimeError) as err:
+            raise _fail(str(err)) from err
+        bar.update(task, completed=len(specs))
+    console.print(f"study created in {out} with {len(specs)} cases")
+    console.print(f"admin token (keep it private): {store.admin_token}")
+    console.print(f"next: gifsplanation study add-reader {out} NAME")
+
+
+@study_app.command("add-reader")
+def add_reader_cmd(
+    study_dir: Path = STUDY_DIR,
+    name: str = typer.Argument(..., help="A unique reader name, e.g. reader1."),
+    base_url: str = typer.Option(
+        "http://127.0.0.1:8000", help="Where `study serve` will be reachable."
+    ),
+    seed: int | None = typer.Option(None, help="Schedule seed (random by default; stored)."),
+) -> None:
+    """Add a reader (their two rounds are scheduled now) and print their private link."""
+    from gifsplanation.study.store import StudyError, StudyStore, reader_link
+
+    try:
+        reader = StudyStore(study_dir).add_reader(name, seed=seed)
+    except (FileNotFoundError, StudyError, ValueError) as err:
+        raise _fail(str(err)) from err
+    out_console.print(reader_link(base_url, reader), soft_wrap=True)
+
+
+@study_app.command("readers")
+def readers_cmd(
+    study_dir: Path = STUDY_DIR,
+    base_url: str = typer.Option("http://127.0.0.1:8000", help="Where the server is reachable."),
+) -> None:
+    """List readers, their private links and progress."""
+    from gifsplanation.study.store import StudyStore, reader_link
+
+    try:
+        store = StudyStore(study_dir)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from err
+    table = Table("reader", "round 1", "round 2", "link")
+    for reader in store.readers():
+        prog = store.progress(reader.id)
+        table.add_row(
+            reader.name,
+            *(f"{prog.get(r, (0, 0))[0]}/{prog.get(r, (0, 0))[1]}" for r in (1, 2)),
+            reader_link(base_url, reader),
+        )
+    out_console.print(table)
+
+
+@study_app.command("serve")
+def serve_cmd(
+    study_dir: Path = STUDY_DIR,
+    host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
+    port: int = typer.Option(8000, help="Port to listen on."),
+) -> None:
+    """Serve the reader study (FastAPI + uvicorn, SQLite in WAL mode)."""
+    import uvicorn
+
+    from gifsplanation.study.server import create_app
+    from gifsplanation.study.store import StudyStore
+
+    try:
+        store = StudyStore(study_dir)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from err
+    console.print(
+        f"serving {study_dir} on http://{host}:{port} — {len(store.readers())} reader(s); "
+        f"links: gifsplanation study readers {study_dir} --base-url http://{host}:{port}"
+    )
+    uvicorn.run(create_app(study_dir), host=host, port=port, log_level="warning")
+
+
+@study_app.command("export")
+def export_cmd(
+    study_dir: Path = STUDY_DIR,
+    out: Path | None = typer.Option(None, help="CSV path (default STUDY_DIR/answers.csv)."),
+    history: bool = typer.Option(False, help="Every submission instead of current answers."),
+) -> None:
+    """Write every answer (with timestamps, method, ground truth) as CSV."""
+    from gifsplanation.study.export import export_answers
+
+    try:
+        path = export_answers(study_dir, out, history=history)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from err
+    with open(path, encoding="utf-8") as f:
+        n = sum(1 for _ in f) - 1
+    console.print(f"wrote {path} ({n} rows)")
+
+
+@study_app.command("analyze")
+def analyze_cmd(
+    study_dir: Path = STUDY_DIR,
+    out: Path | None = typer.Option(None, help="Output folder (default STUDY_DIR/analysis)."),
+) -> None:
+    """The paper's statistics: B − A per question, TP and FP, per reader and pooled, with
+    Wilcoxon p-values; per-target plot; weighted kappa between readers."""
+    from gifsplanation.study.analysis import analyze
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        result = analyze(study_dir, out)
+    except FileNotFoundError as err:
+        raise _fail(str(err)) from err
+    table = Table("reader", "group", "question", "n", "B − A", "p")
+    for row in result.summary:
+        p = row["p_value"]
+        table.add_row(
+            row["scope"],
+            row["group"],
+            row["question"],
+            str(row["n"]),
+            f"{row['mean_diff']:+.2f} ± {row['sd_diff']:.2f}",
+            "–" if p != p else f"{p:.3g}",
+        )
+    out_console.print(table)
+    console.print(f"wrote {', '.join(str(p) for p in result.files.values())}")
 
 
 def register(app: typer.Typer) -> None:
-    """Add this module's commands to ``app``."""
+    """Add the ``study`` command group to ``app``."""
+    app.add_typer(study_app, name="study")

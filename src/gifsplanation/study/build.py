@@ -1,0 +1,327 @@
+"""Make a reader study from a CASES.csv: predictions, Method A and Method B visuals, database.
+
+For each case (an image, a target, a ground-truth label) this computes the classifier's
+probability for the target, the Method A maps (``grad``, ``guided``, ``integrated`` from
+:mod:`gifsplanation.methods`) and the Method B visuals (the ``latentshift-max`` map and the
+looping GIF of the same explanation, rendered by :mod:`gifsplanation.render`), writes them
+under ``STUDY_DIR/assets/<case id>/`` and records the case in the study's database. Asset
+names carry nothing but the random case id and the kind, so readers cannot infer the ground
+truth from a URL.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .store import StudyStore
+
+log = logging.getLogger(__name__)
+
+METHOD_A = ("grad", "guided", "integrated")
+METHOD_B = "latentshift-max"
+TRUE_WORDS = {"1", "true", "yes", "y", "positive", "pos", "t"}
+FALSE_WORDS = {"0", "false", "no", "n", "negative", "neg", "f"}
+
+ImageLoader = Callable[[str], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One row of CASES.csv: the image, the target and the ground-truth label."""
+
+    image: str
+    target: str
+    label: str
+
+    @property
+    def truth(self) -> bool:
+        """Whether the target is present: ``label`` is a yes/no word or 0/1, or else a
+        class name that matches the target (case-insensitive)."""
+        return parse_truth(self.label, self.target)
+
+
+def parse_truth(label: str, target: str) -> bool:
+    """Read a ground-truth label for ``target``.
+
+    Args:
+        label: ``1/0``, ``true/false``, ``yes/no``, ``positive/negative``, or a class name
+            (several names may be joined by ``|``).
+        target: the case's target.
+
+    Returns:
+        Whether the target is present.
+
+    Example:
+        >>> parse_truth("1", "COVID-19"), parse_truth("Normal", "COVID-19")
+        (True, False)
+    """
+    text = str(label).strip().lower()
+    if text in TRUE_WORDS:
+        return True
+    if text in FALSE_WORDS:
+        return False
+    names = {part.strip() for part in text.split("|")}
+    return str(target).strip().lower() in names
+
+
+def read_cases(path: str | os.PathLike[str], limit: int | None = None) -> list[CaseSpec]:
+    """Read CASES.csv (columns ``image``, ``target``, ``label``; extra columns ignored).
+
+    Relative image paths are taken relative to the CSV's folder.
+
+    Raises:
+        ValueError: a missing column or an empty file, naming the file.
+    """
+    path = Path(path)
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        columns = {c.strip().lower(): c for c in (reader.fieldnames or [])}
+        missing = [c for c in ("image", "target", "label") if c not in columns]
+        if missing:
+            raise ValueError(
+                f"{path}: missing column(s) {', '.join(missing)}; CASES.csv needs image, "
+                f"target and label columns (found: {', '.join(columns) or 'none'})"
+            )
+        specs = []
+        for row in reader:
+            image = (row[columns["image"]] or "").strip()
+            if not image:
+                continue
+            image_path = Path(image)
+            if not image_path.is_absolute():
+                image_path = path.parent / image_path
+            specs.append(
+                CaseSpec(
+                    str(image_path),
+                    (row[columns["target"]] or "").strip(),
+                    (row[columns["label"]] or "").strip(),
+                )
+            )
+            if limit is not None and len(specs) >= limit:
+                break
+    if not specs:
+        raise ValueError(f"{path}: no cases (every row needs an image path)")
+    return specs
+
+
+def _save_gray_png(image: torch.Tensor, path: Path) -> None:
+    """The image as 8-bit grayscale PNG ([−1024, 1024] → [0, 255]), written atomically."""
+    arr = image.detach().float().cpu().numpy().reshape(image.shape[-2:])
+    arr = np.clip(np.rint((arr + 1024.0) / 2048.0 * 255.0), 0, 255).astype(np.uint8)
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(arr, mode="L").save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def render_case_assets(
+    image: torch.Tensor,
+    target: str | int,
+    classifier: torch.nn.Module,
+    autoencoder: Any,
+    out_dir: str | os.PathLike[str],
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> tuple[float, dict[str, str]]:
+    """Compute one case's prediction and visuals and write them to ``out_dir``.
+
+    Args:
+        image: ``(1, 1, H, W)`` (or ``(1, H, W)``) in the models' convention ([−1024, 1024]).
+        target: the target's name or output index.
+        classifier: the classifier (declares ``output_kind`` and ``targets``).
+        autoencoder: the autoencoder for Latent Shift.
+        out_dir: folder for the files (created).
+        method_options: optional per-method options for ``get_method`` (e.g.
+            ``{"latentshift-max": {"n_frames": 10}}``).
+
+    Returns:
+        ``(p, files)``: the probability of the target for the input (the one the Latent
+        Shift search starts from) and asset kind → file name inside ``out_dir``: ``image``,
+        ``grad``, ``guided``, ``integrated``, ``latentshift``, ``gif``.
+
+    Example:
+        >>> import tempfile
+        >>> from gifsplanation.testing import tiny_models
+        >>> clf, ae, data = tiny_models()
+        >>> p, files = render_case_assets(data.positive(1), "blob", clf, ae, tempfile.mkdtemp())
+        >>> sorted(files)
+        ['grad', 'gif', 'guided', 'image', 'integrated', 'latentshift']
+    """
+    from gifsplanation.methods import get_method
+    from gifsplanation.render import save_gif, save_overlay
+
+    options = {k: dict(v) for k, v in (method_options or {}).items()}
+    x = image if image.ndim == 4 else image[None]
+    params = list(classifier.parameters()) if isinstance(classifier, torch.nn.Module) else []
+    if params:
+        x = x.to(params[0].device)
+    if x.shape[0] != 1:
+        raise ValueError(f"render_case_assets takes one image, got a batch of {x.shape[0]}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"image": "image.png"}
+    _save_gray_png(x[0, 0], out / files["image"])
+
+    shift = get_method(
+        METHOD_B, classifier=classifier, autoencoder=autoencoder, **options.get(METHOD_B, {})
+    )
+    exp = shift.explain(x, target)
+    prediction = float(exp.input_preds[0])
+    files["latentshift"] = "latentshift.png"
+    save_overlay(x[0, 0], shift.maps_from(exp)[0, 0], out / files["latentshift"])
+    files["gif"] = "latentshift.gif"
+    save_gif(exp, 0, out / files["gif"])
+    for name in METHOD_A:
+        method = get_method(
+            name, classifier=classifier, autoencoder=autoencoder, **options.get(name, {})
+        )
+        maps = method.attribute(x, target=target)
+        files[name] = f"{name}.png"
+        save_overlay(x[0, 0], maps[0, 0], out / files[name])
+    return prediction, files
+
+
+def create_study(
+    cases: str | os.PathLike[str] | Sequence[CaseSpec],
+    out: str | os.PathLike[str],
+    classifier: torch.nn.Module,
+    autoencoder: Any,
+    *,
+    loader: ImageLoader | None = None,
+    limit: int | None = None,
+    threshold: float | None = 0.5,
+    meta: Mapping[str, Any] | None = None,
+    method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    progress: Callable[[int, int, CaseSpec], None] | None = None,
+) -> StudyStore:
+    """Make a study folder from cases.
+
+    Args:
+        cases: a CASES.csv path (columns image, target, label) or :class:`CaseSpec` list.
+        out: the new study folder (refused if it already holds a study).
+        classifier: the classifier being audited (its ``targets`` name the targets).
+        autoencoder: the autoencoder for Latent Shift.
+        loader: ``path -> (1, 1, H, W)`` tensor; default :func:`gifsplanation.io.load_image`
+            at the autoencoder's ``input_size`` (224 if it does not say).
+        limit: keep only the first ``limit`` cases.
+        threshold: warn about cases whose prediction is at or below this (the paper's
+            cases are all predicted positives); ``None`` disables the check.
+        meta: extra provenance stored in the database (model names, weights hashes ...).
+        method_options: per-method options for :func:`render_case_assets`.
+        progress: called as ``progress(i, n, case)`` before each case.
+
+    Returns:
+        The study's store (``store.admin_token`` is the admin token).
+    """
+    specs = read_cases(cases, limit) if isinstance(cases, (str, os.PathLike)) else list(cases)
+    if limit is not None:
+        specs = specs[:limit]
+    if not specs:
+        raise ValueError("create_study: no cases given")
+    targets = getattr(classifier, "targets", None)
+    if targets:
+        unknown = sorted({s.target for s in specs} - set(targets))
+        if unknown:
+            raise ValueError(
+                f"target(s) {', '.join(map(repr, unknown))} are not outputs of the classifier; "
+                f"use one of {', '.join(targets)}"
+            )
+    if loader is None:
+        from gifsplanation.io import load_image
+
+        size = int(getattr(autoencoder, "input_size", None) or 224)
+
+        def loader(path: str) -> torch.Tensor:
+            return load_image(path, size=size)
+
+    store = StudyStore.init(out)
+    store.set_meta(
+        {"threshold": "" if threshold is None else str(threshold), "cases": str(len(specs))}
+        | dict(meta or {})
+    )
+    for i, spec in enumerate(specs):
+        if progress is not None:
+            progress(i, len(specs), spec)
+        public_id = os.urandom(4).hex()
+        try:
+            image = loader(spec.image)
+            p, files = render_case_assets(
+                image,
+                spec.target,
+                classifier,
+                autoencoder,
+                store.assets_dir / public_id,
+                method_options=method_options,
+            )
+        except Exception as err:
+            raise RuntimeError(f"case {i + 1} ({spec.image}, target {spec.target}): {err}") from err
+        if threshold is not None and p <= threshold:
+            log.warning(
+                "case %d (%s): p(%s) = %.2f is not above %.2f; the paper's cases are all "
+                "predicted positives",
+                i + 1,
+                spec.image,
+                spec.target,
+                p,
+                threshold,
+            )
+        store.add_case(
+            spec.image,
+            spec.target,
+            spec.label,
+            spec.truth,
+            p,
+            {kind: f"{public_id}/{name}" for kind, name in files.items()},
+            public_id=public_id,
+        )
+    return store
+
+
+__all__ = [
+    "METHOD_A",
+    "METHOD_B",
+    "CaseSpec",
+    "create_study",
+    "parse_truth",
+    "predict_images",
+    "read_cases",
+    "render_case_assets",
+]
+
+
+def predict_images(
+    paths: Sequence[str],
+    classifier: torch.nn.Module,
+    loader: ImageLoader,
+    batch_size: int = 8,
+) -> list[list[float]]:
+    """The classifier's probability for every target, per image (for case selection).
+
+    Args:
+        paths: image files.
+        classifier: the classifier (``output_kind`` decides whether a sigmoid is applied).
+        loader: ``path -> (1, 1, H, W)`` tensor.
+        batch_size: images per forward pass.
+
+    Returns:
+        One list of probabilities per image, in the classifier's target order.
+    """
+    from gifsplanation import Classifier
+
+    model = Classifier(classifier)
+    params = list(classifier.parameters()) if isinstance(classifier, torch.nn.Module) else []
+    device = params[0].device if params else torch.device("cpu")
+    out: list[list[float]] = []
+    for start in range(0, len(paths), batch_size):
+        batch = torch.cat([loader(p) for p in paths[start : start + batch_size]]).to(device)
+        with torch.no_grad():
+            out.extend(model(batch).float().cpu().tolist())
+    return out
