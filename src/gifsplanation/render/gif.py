@@ -129,7 +129,8 @@ def _draw_bar(
     draw.rectangle((left, top, right, bottom), outline=160, fill=20)
     p = min(max(pred, 0.0), 1.0)
     fill_top = bottom - round(p * (bottom - top))
-    draw.rectangle((left + 1, fill_top, right - 1, bottom - 1), fill=220)
+    if fill_top <= bottom - 1:
+        draw.rectangle((left + 1, fill_top, right - 1, bottom - 1), fill=220)
     q = min(max(input_pred, 0.0), 1.0)
     ty = bottom - round(q * (bottom - top))
     draw.line((left - 5, ty, right + 5, ty), fill=255, width=1)
