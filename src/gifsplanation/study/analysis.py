@@ -5,12 +5,13 @@ with both answers, the difference Method B − Method A is the unit of analysis.
 per reader and pooled over readers, for true positives and false positives separately (and
 together): n, mean answer with each method, mean ± sd (ddof = 1) of the difference and the
 two-sided Wilcoxon signed-rank p-value (``scipy.stats.wilcoxon`` defaults: zero differences
-dropped, exact distribution for small samples without ties, normal approximation
-otherwise). Pooled rows treat each reader's answer on a case as one observation, as the
-paper did; they are not independent across readers. Agreement between readers is Cohen's
-kappa with linear and quadratic weights (``sklearn.metrics.cohen_kappa_score``) over the
-cases both readers answered, per method and question. Results are written as Markdown,
-CSV and a per-target plot (the paper's Fig. 6A).
+dropped, scipy's automatic choice of the exact distribution for small samples and the
+normal approximation for large ones). Pooled rows treat each reader's answer on a case
+as one observation, as the paper did; they are not independent across readers. Agreement
+between readers is Cohen's kappa with linear and quadratic weights
+(``sklearn.metrics.cohen_kappa_score``) over the cases both readers answered, per method
+and question. Results are written as Markdown, CSV and a per-target plot (the paper's
+Fig. 6A).
 """
 
 from __future__ import annotations
