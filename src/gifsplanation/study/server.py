@@ -28,7 +28,11 @@ from .export import EXPORT_FIELDS, HISTORY_FIELDS, answer_table
 from .store import Reader, StudyError, StudyStore
 
 WEB_DIR = Path(__file__).with_name("web")
-STATIC_FILES = {"reader.js": "text/javascript", "reader.css": "text/css"}
+STATIC_FILES = {
+    "reader.js": "text/javascript",
+    "reader.css": "text/css",
+    "icon.svg": "image/svg+xml",
+}
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",

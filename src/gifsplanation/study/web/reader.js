@@ -214,7 +214,7 @@
         el("span", {}, "Target: ", el("strong", { id: "target" }, c.target)),
         el("span", { class: "pred", id: "prediction" }, c.prediction)),
       el("div", { class: "visuals" }, visuals),
-      qNodes.map((n) => n.node),
+      ...qNodes.map((n) => n.node),
       message,
       el("nav", { class: "steps" },
         c.previous ? el("a", { href: caseUrl(c.previous) }, "← Previous") : null,
