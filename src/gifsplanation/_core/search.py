@@ -15,9 +15,10 @@ the first of these rules, walking outward from t = 0 over every point it has eva
 Two strategies share that rule and differ only in which points they evaluate:
 ``"paper"`` steps serially over the paper's schedule (|λ| = 1, 2, …, 10, 20, 30, …; the
 paper's Appendix C and its code), one model call at a time; ``"fast"`` starts from the
-first-order estimate t ≈ |goal − p0| / ‖dz‖² (free, from the gradient pass), extrapolates
-by secants until the goal is bracketed, then refines by interpolation, evaluating every
-lane's next point in one batch per round.
+first-order estimate of where the goal lies (free, from the gradient pass: the slope of the
+prediction along dz is ‖dz‖²), extrapolates by secants until the goal is bracketed, then
+refines by interpolation, evaluating every lane's next point in one batch per round. Both
+steps work on the logit of the prediction, in which sigmoid-shaped curves are straight.
 """
 
 from __future__ import annotations
@@ -248,7 +249,10 @@ class Lane:
         amount = abs(self.goal - self.p0)
         if reason is None:
             if last.t == 0.0:
-                t = amount / self.slope
+                # First-order estimate in logit space, where sigmoid-shaped curves are
+                # straight: d logit / dλ = ‖dz‖² / (p0 (1 − p0)).
+                slope = self.slope / max(self.p0 * (1 - self.p0), 1e-12)
+                t = abs(_logit(self.goal) - _logit(self.p0)) / slope
             else:
                 t = self._extrapolate(last)
             return min(max(t, last.t * 1.05, 1e-6), cap)
@@ -262,8 +266,8 @@ class Lane:
         if reason is StopReason.TARGET_REACHED:
             close = abs(hi.pred - self.goal) <= self.config.ftol * amount
             # Aim a little past the goal so the new point usually lands on the reached side.
-            value_lo, value_hi = lo.pred, hi.pred
-            aim = self.goal + self.side * 0.5 * self.config.ftol * amount
+            aim = _logit(self.goal + self.side * 0.5 * self.config.ftol * amount)
+            value_lo, value_hi = _logit(lo.pred), _logit(hi.pred)
         else:
             limit = self.config.max_image_change
             assert limit is not None
@@ -273,24 +277,27 @@ class Lane:
         if close or width <= self.config.rtol * hi.t:
             self._finish(reason, lo, hi)
             return None
-        if value_hi != value_lo:
-            frac = (aim - value_lo) / (value_hi - value_lo)
-        else:
-            frac = 0.5
-        # Keep the new point well inside the bracket so it always shrinks.
-        frac = min(max(frac, 0.1), 0.9)
+        frac = (aim - value_lo) / (value_hi - value_lo) if value_hi != value_lo else 0.5
+        # Keep the new point inside the bracket so it always shrinks.
+        frac = min(max(frac, 0.02), 0.98)
         return lo.t + frac * width
 
     def _extrapolate(self, last: Point) -> float:
-        """Secant step from the two outermost points toward the goal, overshooting by 20%
-        so that the next point brackets the goal; growth limited to ×8 per round."""
+        """Secant step (in logit space) from the two outermost points toward the goal,
+        overshooting by 20% so that the next point brackets the goal; growth is limited
+        to ×8 per round."""
         prev = self.points[-2]
-        slope = (last.pred - prev.pred) / (last.t - prev.t) * self.side
-        needed = (self.goal - last.pred) * self.side
+        slope = (_logit(last.pred) - _logit(prev.pred)) / (last.t - prev.t) * self.side
+        needed = (_logit(self.goal) - _logit(last.pred)) * self.side
         if slope > 1e-12:
             t = last.t + 1.2 * needed / slope
-            return min(max(t, last.t * 1.5), last.t * 8)
+            return min(max(t, last.t * 1.2), last.t * 8)
         return last.t * 8
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, 1e-7), 1 - 1e-7)
+    return math.log(p / (1 - p))
 
 
 Evaluate = Callable[[list[tuple[int, float]]], list[tuple[float, float]]]
