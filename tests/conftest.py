@@ -43,3 +43,15 @@ def artifacts() -> Path:
     """A folder for test artefacts (screenshots, GIFs), kept after the run."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     return ARTIFACTS
+
+
+def pytest_sessionstart(session):
+    """In CI (GIFSPLANATION_REQUIRE_BROWSER=1) browser tests must run, not skip."""
+    if (
+        os.environ.get("GIFSPLANATION_REQUIRE_BROWSER") == "1"
+        and not Path("/usr/bin/chromium").exists()
+    ):
+        raise pytest.UsageError(
+            "GIFSPLANATION_REQUIRE_BROWSER=1 but /usr/bin/chromium is missing: "
+            "apt-get install chromium"
+        )
