@@ -134,7 +134,7 @@ def test_report_embeds_assets_and_index_links(exp, tmp_path):
     report = write_report(record, {"gif": gif, "map-max": heat}, tmp_path / "report.html")
     text = report.read_text()
     assert 'id="asset-gif" alt="gif" src="data:image/gif;base64,' in text
-    assert 'id="asset-map-max" alt="map-max" src="data:image/png;base64,' in text
+    assert 'id="asset-map-max" class="map" alt="map-max" src="data:image/png;base64,' in text
     assert "a&lt;b&gt;.png" in text and "a<b>.png" not in text
     index = write_index(
         [

@@ -30,6 +30,7 @@ figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img,figure video{max-width:100%;image-rendering:pixelated;background:#000}
 figcaption{font-size:.85em;color:#aaa} pre{background:#1b1b1b;padding:1em;overflow:auto}
 .grid{display:flex;flex-wrap:wrap;align-items:flex-start}
+figure img.map{width:336px;height:auto}
 """
 
 _CAPTIONS = {
@@ -64,7 +65,8 @@ def _figure(key: str, path: Path, base: Path) -> str:
         src = data_uri(path) if size <= MAX_EMBED_BYTES else os.path.relpath(path, base)
         body = f'<video id="asset-{_e(key)}" src="{_e(src)}" controls loop muted></video>'
     else:
-        body = f'<img id="asset-{_e(key)}" alt="{_e(key)}" src="{data_uri(path)}">'
+        css = ' class="map"' if key.startswith("map-") else ""
+        body = f'<img id="asset-{_e(key)}"{css} alt="{_e(key)}" src="{data_uri(path)}">'
     return f"<figure>{body}<figcaption>{_e(caption)}</figcaption></figure>"
 
 

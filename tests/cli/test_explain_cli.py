@@ -1,0 +1,266 @@
+"""End to end: `gifsplanation explain` and `demo` on generated, shared and pydicom files,
+then the report opened in headless Chromium."""
+
+from __future__ import annotations
+
+import copy
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from gifsplanation.cli import app
+from gifsplanation.cli import explain as explain_cli
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+runner = CliRunner()
+
+
+@pytest.fixture()
+def tiny_cli(tiny, monkeypatch):
+    """Make the CLI use the tiny models (32×32 inputs) and a blob image as the demo."""
+    clf, ae, data = tiny
+    clf, ae = copy.deepcopy(clf), copy.deepcopy(ae)
+    clf.input_size = 32
+    clf.name = "tiny-blob-classifier"
+    calls = []
+
+    def fake_models(classifier, autoencoder, device):
+        calls.append((classifier, autoencoder, device))
+        return clf, ae
+
+    monkeypatch.setattr(explain_cli, "_load_models", fake_models)
+    monkeypatch.setattr(explain_cli, "_demo_image", lambda: data.positive(1))
+    return calls
+
+
+def _blob_pngs(folder: Path) -> dict[str, Path]:
+    from gifsplanation.testing import BlobData
+
+    folder.mkdir(parents=True, exist_ok=True)
+    x, _, _ = BlobData(seed=11).batch(4, positive=True)
+    u8 = [((x[k, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8) for k in range(4)]
+    # Larger than the model input so loading crops and resizes.
+    big = [np.kron(a, np.ones((3, 4), np.uint8)) for a in u8]
+    files = {
+        "gray8": folder / "gray8.png",
+        "gray16": folder / "gray16.png",
+        "rgb": folder / "rgb.png",
+        "jpg": folder / "photo.jpg",
+    }
+    Image.fromarray(big[0]).save(files["gray8"])
+    Image.fromarray(big[1].astype(np.uint16) * 257).save(files["gray16"])
+    Image.fromarray(np.stack([big[2]] * 3, -1)).save(files["rgb"])
+    Image.fromarray(big[3]).save(files["jpg"], quality=95)
+    return files
+
+
+def test_explain_generated_images_with_a_corrupt_one_then_rerun(tiny_cli, tmp_path):
+    files = _blob_pngs(tmp_path / "in")
+    (tmp_path / "in" / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nbroken")
+    out = tmp_path / "out"
+    args = [
+        "explain",
+        str(tmp_path / "in"),
+        "--out",
+        str(out),
+        "--frames",
+        "5",
+        "--map",
+        "max",
+        "--map",
+        "interval",
+        "--no-progress",
+        "--batch-size",
+        "4",
+    ]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1, result.output
+    assert "4 explained, 0 already finished (skipped), 1 failed" in result.output
+    assert "corrupt.png" in result.output and "Traceback" not in result.output
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    by_name = {e["name"]: e for e in manifest["entries"]}
+    assert by_name["corrupt"]["status"] == "failed"
+    assert {by_name[f.stem]["status"] for f in files.values()} == {"done"}
+    for f in files.values():
+        folder = out / f.stem / "blob"
+        gif = Image.open(folder / "latentshift.gif")
+        assert gif.n_frames == 8
+        assert gif.size == (2 * 224 + 40, 18 + 224 + 6)  # 32 px panels upscaled ×7
+        for name in (
+            "map-max.png",
+            "map-interval.png",
+            "map-interval.npy",
+            "curve.png",
+            "flow.png",
+            "latentshift.mp4",
+            "report.html",
+        ):
+            assert (folder / name).is_file(), name
+        record = json.loads((folder / "explanation.json").read_text())
+        assert len(record["lambdas"]) == 5 and record["target_name"] == "blob"
+        assert record["models"]["classifier"]["name"] == "tiny-blob-classifier"
+        assert record["arguments"]["command"] == "explain"
+    assert tiny_cli[0] == (None, None, "cpu")
+
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1
+    assert "0 explained, 4 already finished (skipped), 1 failed" in again.output
+
+
+def test_explain_targets_csv_input_and_demo(tiny_cli, tmp_path):
+    files = _blob_pngs(tmp_path / "in")
+    with open(tmp_path / "list.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["image", "label"])
+        w.writerow(["in/gray8.png", "x"])
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "explain",
+            str(tmp_path / "list.csv"),
+            "-t",
+            "blob",
+            "-o",
+            str(out),
+            "--frames",
+            "4",
+            "--no-mp4",
+            "--no-flow",
+            "--strategy",
+            "paper",
+            "--seed",
+            "3",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "gray8" / "blob" / "explanation.json").read_text())
+    assert record["strategy"] == "paper" and record["seed"] == 3
+    assert not (out / "gray8" / "blob" / "latentshift.mp4").exists()
+    assert files
+
+    demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--frames", "4"])
+    assert demo.exit_code == 0, demo.output
+    assert "report.html" in demo.output
+    assert (tmp_path / "demo" / "demo" / "blob" / "latentshift.gif").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--map", "best"], "--map 'best' is not one of"),
+        (["--strategy", "slow"], "--strategy 'slow' is not one of"),
+        (["--target", "lungs"], "unknown target 'lungs'"),
+        (["--device", "tpu"], "--device 'tpu'"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(tiny_cli, tmp_path, args, message):
+    files = _blob_pngs(tmp_path / "in")
+    result = runner.invoke(app, ["explain", str(files["gray8"]), "-o", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert any(message in ln for ln in lines) and "Traceback" not in result.output
+
+
+def test_no_matching_files_and_model_errors(tiny_cli, tmp_path, monkeypatch):
+    result = runner.invoke(app, ["explain", str(tmp_path / "*.png")])
+    assert result.exit_code == 2 and "matched no files" in result.output
+
+    def broken(*a):
+        raise OSError("weights file cxr.pt is missing")
+
+    monkeypatch.setattr(explain_cli, "_load_models", broken)
+    (tmp_path / "a.png").write_bytes(b"x")
+    result = runner.invoke(app, ["explain", str(tmp_path / "a.png")])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: cannot load the models: weights file cxr.pt is missing"
+
+
+def test_explain_shared_real_images_and_dicoms(tiny_cli, shared_data, tmp_path):
+    folder = shared_data / "xrv-test-images"
+    rows = list(csv.DictReader(open(shared_data / "covid-qu-ex" / "train.csv")))
+    qu = [str(shared_data / "covid-qu-ex" / rows[k]["image"]) for k in (0, len(rows) - 1)]
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        ["explain", str(folder), *qu, "-o", str(out), "--frames", "4", "--no-mp4", "--no-progress"],
+    )
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["counts"]["done"] == len(list(folder.iterdir())) + 2
+    names = {e["name"] for e in manifest["entries"]}
+    assert "Fake_MONOHR1" in names
+    assert "1.2.276.0.7230010.3.1.4.8323329.6904.1517875201.850819" in names
+
+
+def test_explain_pydicom_test_files(tiny_cli, tmp_path):
+    from pydicom.data import get_testdata_file
+
+    good = ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm"]
+    for name in [*good, "examples_rgb_color.dcm"]:
+        shutil.copy(get_testdata_file(name), tmp_path / name)
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app,
+        [
+            "explain",
+            str(tmp_path / "*.dcm"),
+            "-o",
+            str(out),
+            "--frames",
+            "4",
+            "--no-mp4",
+            "--no-flow",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 1
+    assert "examples_rgb_color.dcm" in result.output and "colour" in result.output
+    for name in good:
+        assert (out / Path(name).stem / "blob" / "report.html").is_file(), name
+
+
+def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not CHROMIUM.exists():
+        pytest.skip("headless Chromium not installed at /usr/bin/chromium")
+    files = _blob_pngs(tmp_path / "in")
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["explain", str(files["gray8"]), "-o", str(out), "--frames", "6", "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    report = out / "gray8" / "blob" / "report.html"
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 900})
+            page.goto(report.as_uri())
+            page.wait_for_load_state("load")
+            sizes = {
+                key: page.eval_on_selector(f"#asset-{key}", "e => [e.naturalWidth, e.complete]")
+                for key in ("gif", "map-max", "curve", "flow")
+            }
+            page.screenshot(path=str(artifacts / "explain-report.png"), full_page=True)
+            page.goto((out / "index.html").as_uri())
+            links = page.eval_on_selector_all("a", "els => els.map(e => e.href)")
+        finally:
+            browser.close()
+    assert sizes["gif"] == [2 * 224 + 40, True]
+    assert sizes["map-max"] == [32, True]
+    assert all(w > 0 and ok for w, ok in sizes.values())
+    assert any(link.endswith("gray8/blob/report.html") for link in links)
