@@ -257,3 +257,18 @@ def test_sweep_lambdas_include_zero_and_both_bounds():
     assert row[0] == -0.3 and row[-1] == 0.1 and 0.0 in row and len(row) == 10
     assert sweep_lambdas(-5, 0, 4) == [-5, -5 * 2 / 3, -5 / 3, 0]
     assert sweep_lambdas(0, 0, 3) == [0, 0, 0]
+
+
+def test_saturated_logit_still_has_a_direction(tiny, positives):
+    """σ(20) rounds to 1 in float32, so autograd through the sigmoid gives dz = 0; the
+    engine differentiates the logit instead and still finds a counterfactual direction."""
+    clf, ae, _ = tiny
+
+    class Saturated(nn.Module):
+        output_kind = "logit"
+
+        def forward(self, images):
+            return clf.logits(images) * 8 + 20
+
+    exp = LatentShift(Saturated(), ae).explain(positives[0][:1], target=0)
+    assert exp.stop_reasons[0]["lower"] is not StopReason.NO_GRADIENT

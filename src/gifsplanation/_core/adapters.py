@@ -117,13 +117,14 @@ class Classifier:
         self.in_channels: int | None = getattr(model, "in_channels", None)
         self.conv_channels = _first_conv_channels(model)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def raw(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's own output, ``(B, n_outputs)`` (logits or probabilities)."""
         out = self.model(images)
-        if out.ndim == 1:
-            out = out[:, None]
-        if self.output_kind == "logit":
-            out = torch.sigmoid(out)
-        return out
+        return out[:, None] if out.ndim == 1 else out
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.raw(images)
+        return torch.sigmoid(out) if self.output_kind == "logit" else out
 
     def target_index(self, target: int | str, n_outputs: int | None = None) -> int:
         n = n_outputs if n_outputs is not None else (len(self.targets) if self.targets else 0)

@@ -147,9 +147,17 @@ class LatentShift:
         z = z.detach().requires_grad_(True)
         with torch.enable_grad():
             x0 = ae.decode(z, size)
-            p = clf(x0)[rows, tgt]
-            (dz,) = torch.autograd.grad(p.sum(), z)
-        z, x0, p0, dz = z.detach(), x0.detach(), p.detach(), dz.detach()
+            out = clf.raw(x0)[rows, tgt]
+            (dz,) = torch.autograd.grad(out.sum(), z)
+        z, x0, dz = z.detach(), x0.detach(), dz.detach()
+        if clf.output_kind == "logit":
+            # dp/dz = σ(l)·σ(−l)·dl/dz, computed so that it does not underflow to 0 where
+            # σ(l) rounds to 1 (autograd through the sigmoid would give exactly 0 there).
+            logit = out.detach()
+            p0 = torch.sigmoid(logit)
+            dz = dz * (p0 * torch.sigmoid(-logit)).view(-1, *([1] * (dz.ndim - 1)))
+        else:
+            p0 = out.detach()
         slopes = dz.flatten(1).pow(2).sum(1)
         ranges = (x0.flatten(1).amax(1) - x0.flatten(1).amin(1)).clamp_min(1e-12)
 
