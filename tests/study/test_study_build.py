@@ -84,7 +84,7 @@ def test_select_cases_warns_when_short(caplog) -> None:
 
 def test_candidates_from_predictions() -> None:
     rows = candidates(["x.png", "y.png"], ["COVID-19", "Normal|COVID-19"],
-                      [[0.9, 0.1], [0.8, 0.7]], ["COVID-19", "Normal"])  # fmt: skip
+                      [[0.9, 0.1, 0.5], [0.8, 0.7, 0.5]], ["COVID-19", "Normal", ""])  # fmt: skip
     assert [(r["image"], r["target"], r["label"]) for r in rows] == [
         ("x.png", "COVID-19", 1), ("x.png", "Normal", 0),
         ("y.png", "COVID-19", 1), ("y.png", "Normal", 1),

@@ -32,7 +32,9 @@ def candidates(
         labels: per image, the ground-truth class name(s) present (a string may join
             several with ``|``).
         probabilities: per image, the classifier's probability for each target.
-        targets: the classifier's target names (columns of ``probabilities``).
+        targets: the classifier's target names (columns of ``probabilities``); unnamed
+            outputs (``""``, as TorchXRayVision uses for outputs a model was not trained
+            on) are skipped.
 
     Returns:
         Rows ``image, target, label (1/0), prediction``.
@@ -56,6 +58,8 @@ def candidates(
         if len(probs) != len(targets):
             raise ValueError(f"{image}: {len(probs)} probabilities for {len(targets)} targets")
         for target, p in zip(targets, probs, strict=True):
+            if not target:  # TorchXRayVision leaves untrained outputs unnamed ("")
+                continue
             rows.append(
                 {
                     "image": image,
