@@ -1,0 +1,38 @@
+"""Models: the registry (bundled CXR models and the TorchXRayVision zoo), our architectures,
+checkpoints and training.
+
+Example:
+    >>> from gifsplanation.models import list_models
+    >>> "xrv-densenet121-all" in [e.name for e in list_models("classifier")]
+    True
+"""
+
+from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss
+from .registry import (
+    DEFAULT_AUTOENCODER,
+    DEFAULT_CLASSIFIER,
+    ModelEntry,
+    UnknownModelError,
+    demo_image,
+    get_autoencoder,
+    get_classifier,
+    get_entry,
+    list_models,
+)
+from .xrv import WeightsUnavailableError
+
+__all__ = [
+    "DEFAULT_AUTOENCODER",
+    "DEFAULT_CLASSIFIER",
+    "CXRAutoencoder",
+    "CXRClassifier",
+    "ModelEntry",
+    "UnknownModelError",
+    "WeightsUnavailableError",
+    "demo_image",
+    "elastic_loss",
+    "get_autoencoder",
+    "get_classifier",
+    "get_entry",
+    "list_models",
+]
