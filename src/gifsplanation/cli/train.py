@@ -59,6 +59,7 @@ def _channels(text: str) -> list[int]:
 def _run(cfg, resume: bool) -> None:
     from rich.console import Console
     from rich.logging import RichHandler
+    from rich.markup import escape
 
     from ..models.training import train
 
@@ -68,7 +69,7 @@ def _run(cfg, resume: bool) -> None:
     try:
         record = train(cfg, resume=resume)
     except (FileNotFoundError, ValueError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
     Console().print(
         f"done: {record['export']['file']} in {cfg.out} (sha256 {record['export']['sha256'][:12]}…)"
