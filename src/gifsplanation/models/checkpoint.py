@@ -43,6 +43,7 @@ def atomic_torch_save(obj: Any, path: str | Path) -> None:
     os.close(fd)
     try:
         torch.save(obj, tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -58,6 +59,7 @@ def atomic_write_json(obj: Any, path: str | Path) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(obj, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -112,6 +114,30 @@ def export_model(
     }
     atomic_write_json(sidecar, sidecar_path(path))
     return sidecar
+
+
+def install_weights(src: str | Path, dest: str | Path) -> dict[str, Any]:
+    """Copy exported weights ``src`` (and its sidecar) to ``dest``, naming ``dest`` in the
+    sidecar and checking the SHA-256 on the way.
+
+    Returns:
+        The sidecar written next to ``dest``.
+    """
+    import json
+    import shutil
+
+    src, dest = Path(src), Path(dest)
+    side = json.loads(sidecar_path(src).read_text())
+    if sha256_file(src) != side["sha256"]:
+        raise ValueError(f"{src} does not match the SHA-256 in {sidecar_path(src)}")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, dest)
+    side["file"] = dest.name
+    atomic_write_json(side, sidecar_path(dest))
+    return side
 
 
 def sidecar_path(path: str | Path) -> Path:

@@ -289,7 +289,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = command or " ".join(shlex.quote(a) for a in sys.argv)
+    command = command or _command_line()
 
     train_ds, x_train, y_train = load_split(cfg, "train")
     val_ds, x_val, y_val = load_split(cfg, "val")
@@ -333,6 +333,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         sched.load_state_dict(state["scheduler"])
         history, best = state["history"], state["best"]
         start_epoch, step = state["epoch"], state["step"]
+        if "torch_rng" in state:
+            torch.set_rng_state(state["torch_rng"])
         log.info("resumed from %s at epoch %d (step %d)", last_path, start_epoch, step)
 
     record: dict[str, Any] = {
@@ -435,6 +437,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                     "best": best,
                     "epoch": epoch + 1,
                     "step": step,
+                    "torch_rng": torch.get_rng_state(),  # dropout masks continue on resume
                 },
                 last_path,
             )
@@ -530,6 +533,14 @@ def class_mean_latents(
             sums[c] = sums.get(c, 0) + z[sel].sum(0)
             counts[c] = counts.get(c, 0) + int(sel.sum())
     return {f"mean_latent/{names[c]}": sums[c] / counts[c] for c in sorted(sums)}
+
+
+def _command_line() -> str:
+    """``sys.argv`` as a shell command, with the entry point shown as ``gifsplanation``."""
+    argv = list(sys.argv)
+    if argv and (argv[0].endswith("__main__.py") or Path(argv[0]).name == "gifsplanation"):
+        argv[0] = "gifsplanation"
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 def _short(m: dict[str, Any]) -> str:
