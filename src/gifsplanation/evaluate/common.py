@@ -1,0 +1,118 @@
+"""What every experiment is given: the models, the data, the methods, and the run options."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .._core.adapters import Classifier
+from ..methods import DEFAULT_METHODS
+from .data import MaskedDataset
+from .run import Run, model_record
+
+
+@dataclass
+class Setup:
+    """Models, data and options shared by the experiments.
+
+    Args:
+        classifier: any ``nn.Module`` declaring ``output_kind`` (bundled models do).
+        autoencoder: needed by Latent Shift methods, ``ae-impact`` and ``counterfactuals``.
+        dataset: a :class:`~gifsplanation.datasets.MaskedCXRDataset` or
+            :class:`~gifsplanation.evaluate.data.XRVMaskedDataset`.
+        out: output folder of the experiment.
+        methods: method names (default: :data:`gifsplanation.methods.DEFAULT_METHODS`).
+        method_options: per-method keyword options, e.g. ``{"integrated": {"n_steps": 25}}``.
+        limit: images per target (default 40).
+        seed: seed of the image draw and of every random choice (default 0).
+        targets: restrict to these classifier targets (default: every target with data).
+        progress: show progress bars.
+        args: the exact arguments to record in the manifest.
+    """
+
+    classifier: nn.Module
+    autoencoder: Any
+    dataset: MaskedDataset
+    out: Path
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    limit: int | None = 40
+    seed: int = 0
+    targets: list[str] | None = None
+    progress: bool = True
+    args: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.adapter = Classifier(self.classifier)
+        if not self.adapter.targets:
+            raise ValueError(
+                "the classifier has no target names (targets=[...]); evaluation "
+                "matches dataset labels to them"
+            )
+        self.needs_ae = [m for m in self.methods if m.startswith("latentshift")]
+        if self.needs_ae and self.autoencoder is None:
+            raise ValueError(f"methods {self.needs_ae} need an autoencoder; pass one or drop them")
+
+    @property
+    def classifier_targets(self) -> list[str]:
+        return list(self.adapter.targets or [])
+
+    def start(self, experiment: str, extra: dict[str, Any] | None = None) -> Run:
+        """Open the run folder: manifest + cache keyed by everything results depend on."""
+        size = getattr(self.dataset, "size", None)
+        fingerprint = {
+            "experiment": experiment,
+            "classifier": model_record(self.classifier),
+            "autoencoder": model_record(self.autoencoder) if self.autoencoder is not None else None,
+            "method_options": self.method_options,
+            "size": size,
+            "seed": self.seed,
+            **(extra or {}),
+        }
+        args = {
+            "methods": self.methods,
+            "method_options": self.method_options,
+            "limit": self.limit,
+            "seed": self.seed,
+            "targets": self.targets,
+            "dataset": {
+                "class": type(self.dataset).__name__,
+                "source": str(getattr(self.dataset, "source", "")),
+                "split": getattr(self.dataset, "split", None),
+                "size": size,
+                "n_items": len(self.dataset),
+            },
+            **self.args,
+            **(extra or {}),
+        }
+        run = Run(self.out, experiment, args, fingerprint, progress=self.progress)
+        run.manifest["models"] = {
+            "classifier": fingerprint["classifier"],
+            "autoencoder": fingerprint["autoencoder"],
+        }
+        return run
+
+    def predict(self, x: torch.Tensor, model: nn.Module | None = None) -> np.ndarray:
+        """Probabilities ``(B, n_targets)`` of the classifier (or of ``model``)."""
+        clf = (
+            self.adapter
+            if model is None
+            else Classifier(model, output=self.adapter.output_kind, targets=self.adapter.targets)
+        )
+        with torch.no_grad():
+            return clf(x).detach().cpu().numpy().astype(np.float64)
+
+
+def auc_or_nan(labels: list[int], scores: list[float]) -> float:
+    """ROC AUC (scikit-learn), NaN when only one class is present."""
+    from sklearn.metrics import roc_auc_score
+
+    if len(set(labels)) < 2:
+        return float("nan")
+    return float(roc_auc_score(labels, scores))
