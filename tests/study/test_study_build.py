@@ -138,6 +138,17 @@ def test_create_study_with_real_methods_and_renderers(tiny, blob_data, tmp_path)
         assert client.get(url).status_code == 200
     with pytest.raises(FileExistsError):
         create_study(cases, tmp_path / "study", clf, ae, loader=_load32)
+    # a case that fails leaves neither a study nor a half-made folder behind
+
+    def flaky(path: str) -> torch.Tensor:
+        if path.endswith("blob1.png"):
+            raise OSError("disk on fire")
+        return _load32(path)
+
+    with pytest.raises(RuntimeError, match=r"case 2 .*blob1.png.*disk on fire"):
+        create_study(cases, tmp_path / "failed", clf, ae, loader=flaky, threshold=None)
+    assert not (tmp_path / "failed").exists()
+    assert not (tmp_path / ".failed.partial").exists()
     with pytest.raises(ValueError, match="not outputs of the classifier"):
         bad = tmp_path / "bad.csv"
         bad.write_text(f"image,target,label\n{stored[0].source},Nodule,1\n")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,7 +207,8 @@ def create_study(
 
     Args:
         cases: a CASES.csv path (columns image, target, label) or :class:`CaseSpec` list.
-        out: the new study folder (refused if it already holds a study).
+        out: the new study folder (refused unless missing or empty). It is built in a
+            hidden ``.<name>.partial`` folder next to it and moved in place when complete.
         classifier: the classifier being audited (its ``targets`` name the targets).
         autoencoder: the autoencoder for Latent Shift.
         loader: ``path -> (1, 1, H, W)`` tensor; default :func:`gifsplanation.io.load_image`
@@ -242,47 +244,64 @@ def create_study(
         def loader(path: str) -> torch.Tensor:
             return load_image(path, size=size)
 
-    store = StudyStore.init(out)
-    store.set_meta(
-        {"threshold": "" if threshold is None else str(threshold), "cases": str(len(specs))}
-        | dict(meta or {})
-    )
-    for i, spec in enumerate(specs):
-        if progress is not None:
-            progress(i, len(specs), spec)
-        public_id = os.urandom(4).hex()
-        try:
-            image = loader(spec.image)
-            p, files = render_case_assets(
-                image,
-                spec.target,
-                classifier,
-                autoencoder,
-                store.assets_dir / public_id,
-                method_options=method_options,
-            )
-        except Exception as err:
-            raise RuntimeError(f"case {i + 1} ({spec.image}, target {spec.target}): {err}") from err
-        if threshold is not None and p <= threshold:
-            log.warning(
-                "case %d (%s): p(%s) = %.2f is not above %.2f; the paper's cases are all "
-                "predicted positives",
-                i + 1,
+    final = Path(out)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        raise FileExistsError(f"{final} already exists and is not empty; choose another --out")
+    # build next to the destination and move it in place at the end, so a failed run
+    # leaves no half-made study behind
+    partial = final.parent / f".{final.name}.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    try:
+        store = StudyStore.init(partial)
+        store.set_meta(
+            {"threshold": "" if threshold is None else str(threshold), "cases": str(len(specs))}
+            | dict(meta or {})
+        )
+        for i, spec in enumerate(specs):
+            if progress is not None:
+                progress(i, len(specs), spec)
+            public_id = os.urandom(4).hex()
+            try:
+                image = loader(spec.image)
+                p, files = render_case_assets(
+                    image,
+                    spec.target,
+                    classifier,
+                    autoencoder,
+                    store.assets_dir / public_id,
+                    method_options=method_options,
+                )
+            except Exception as err:
+                raise RuntimeError(
+                    f"case {i + 1} ({spec.image}, target {spec.target}): {err}"
+                ) from err
+            if threshold is not None and p <= threshold:
+                log.warning(
+                    "case %d (%s): p(%s) = %.2f is not above %.2f; the paper's cases are all "
+                    "predicted positives",
+                    i + 1,
+                    spec.image,
+                    spec.target,
+                    p,
+                    threshold,
+                )
+            store.add_case(
                 spec.image,
                 spec.target,
+                spec.label,
+                spec.truth,
                 p,
-                threshold,
+                {kind: f"{public_id}/{name}" for kind, name in files.items()},
+                public_id=public_id,
             )
-        store.add_case(
-            spec.image,
-            spec.target,
-            spec.label,
-            spec.truth,
-            p,
-            {kind: f"{public_id}/{name}" for kind, name in files.items()},
-            public_id=public_id,
-        )
-    return store
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if final.exists():
+        final.rmdir()  # empty, checked above
+    os.replace(partial, final)
+    return StudyStore(final)
 
 
 __all__ = [
