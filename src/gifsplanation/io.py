@@ -167,7 +167,6 @@ def _pillow_to_array(p: Path, im: Image.Image) -> np.ndarray:
             ColorImageWarning,
             stacklevel=4,
         )
-        log.warning("%s: %s image converted to grayscale (%s)", p, mode, detail)
         return _normalize(np.asarray(im.convert("L")), 255)
     if mode in ("L", "1"):
         return _normalize(np.asarray(im.convert("L")), 255)

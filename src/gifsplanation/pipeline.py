@@ -362,6 +362,9 @@ class _Runner:
             except (ImageLoadError, ValueError) as e:
                 self._fail(item, None, str(e))
                 advance(1, 0)
+            except Exception as e:  # noqa: BLE001 - one bad file must not stop the batch
+                self._fail(item, None, f"cannot read image ({type(e).__name__}: {e})")
+                advance(1, 0)
             item.load_seconds = time.perf_counter() - start
         if not loaded:
             return
@@ -398,9 +401,9 @@ class _Runner:
         try:
             exp = self.ls.explain(x, target=target[0])
             heatmaps = {m: exp.heatmap(m) for m in self.options.maps}
-        except (RuntimeError, ValueError) as e:
+        except Exception as e:  # noqa: BLE001 - reported per image; the batch goes on
             for item in items:
-                self._fail(item, target[1], f"explain failed: {e}")
+                self._fail(item, target[1], f"explain failed ({type(e).__name__}: {e})")
             return
         for i, item in enumerate(items):
             folder = self.out / item.name / slug(target[1])
@@ -417,8 +420,8 @@ class _Runner:
                 record["outputs"]["report"] = report.name
                 # explanation.json last: it marks the folder as finished.
                 write_text(folder / "explanation.json", json.dumps(record, indent=2) + "\n")
-            except (OSError, RuntimeError, ValueError) as e:
-                self._fail(item, target[1], f"rendering failed: {e}")
+            except Exception as e:  # noqa: BLE001 - reported per image; the batch goes on
+                self._fail(item, target[1], f"rendering failed ({type(e).__name__}: {e})")
                 advance(0, exp.frames.shape[1])
                 continue
             self.records.append(record)
@@ -565,7 +568,32 @@ def explain_many(
         ['done']
     """
     options = options or ExplainOptions()
-    torch.manual_seed(options.seed)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(options.seed)
+        return _explain_many(
+            images,
+            classifier,
+            autoencoder,
+            targets,
+            out_dir,
+            options,
+            names,
+            arguments,
+            write_summary,
+        )
+
+
+def _explain_many(
+    images: Sequence[ImageInput],
+    classifier: Any,
+    autoencoder: Any,
+    targets: Sequence[TargetSpec] | None,
+    out_dir: str | os.PathLike[str],
+    options: ExplainOptions,
+    names: Sequence[str] | None,
+    arguments: dict[str, Any] | None,
+    write_summary: bool,
+) -> RunResult:
     runner = _Runner(classifier, autoencoder, targets, out_dir, options, arguments)
     items = _items(images, names)
     n_pairs = len(items) * (len(runner.targets) if runner.targets else 1)

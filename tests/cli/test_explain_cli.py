@@ -90,6 +90,7 @@ def test_explain_generated_images_with_a_corrupt_one_then_rerun(tiny_cli, tmp_pa
     assert result.exit_code == 1, result.output
     assert "4 explained, 0 already finished (skipped), 1 failed" in result.output
     assert "corrupt.png" in result.output and "Traceback" not in result.output
+    assert "RGB image converted to grayscale" in " ".join(result.output.split())
 
     manifest = json.loads((out / "manifest.json").read_text())
     by_name = {e["name"]: e for e in manifest["entries"]}
@@ -145,12 +146,18 @@ def test_explain_targets_csv_input_and_demo(tiny_cli, tmp_path):
             "paper",
             "--seed",
             "3",
+            "--frame-only",
+            "--duration-ms",
+            "50",
         ],
     )
     assert result.exit_code == 0, result.output
     record = json.loads((out / "gray8" / "blob" / "explanation.json").read_text())
     assert record["strategy"] == "paper" and record["seed"] == 3
     assert not (out / "gray8" / "blob" / "latentshift.mp4").exists()
+    gif = Image.open(out / "gray8" / "blob" / "latentshift.gif")
+    assert gif.size == (224, 18 + 224 + 6) and gif.info["duration"] == 50
+    assert record["arguments"]["side_by_side"] is False
     assert files
 
     demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--frames", "4"])

@@ -10,8 +10,10 @@ any image that could not be explained; the others are still written).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,11 +49,22 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _setup_logging() -> None:
+@contextlib.contextmanager
+def _warnings_as_log() -> Iterator[None]:
+    """Show the loader's warnings (colour → gray) as one log line each, in order."""
     from ..io import ColorImageWarning
 
-    # The loader both warns and logs colour conversions; the CLI shows the log line only.
-    warnings.simplefilter("ignore", ColorImageWarning)
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # noqa: ANN001
+        log.warning("%s", message)
+
+    with warnings.catch_warnings():
+        # TorchXRayVision ignores all warnings process-wide; ours must still show.
+        warnings.simplefilter("always", ColorImageWarning)
+        warnings.showwarning = show
+        yield
+
+
+def _setup_logging() -> None:
     if not any(getattr(h, "_gifsplanation_cli", False) for h in log.handlers):
         from rich.console import Console
         from rich.logging import RichHandler
@@ -159,6 +172,16 @@ def register(app: typer.Typer) -> None:
         mp4: Annotated[bool, typer.Option(help="Write latentshift.mp4.")] = True,
         flow: Annotated[bool, typer.Option(help="Write flow.png (optical flow).")] = True,
         voi_lut: Annotated[bool, typer.Option(help="Apply DICOM VOI LUT / windowing.")] = False,
+        side_by_side: Annotated[
+            bool,
+            typer.Option(
+                "--side-by-side/--frame-only",
+                help="GIF/MP4 show input | frame | prediction bar, or the frame alone.",
+            ),
+        ] = True,
+        duration_ms: Annotated[
+            int, typer.Option(min=10, help="GIF/MP4 frame duration in milliseconds.")
+        ] = 100,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     ) -> None:
         """Explain images with Latent Shift: GIF, MP4, maps, curve, flow and report per target."""
@@ -188,6 +211,8 @@ def register(app: typer.Typer) -> None:
             seed=seed,
             force=force,
             voi_lut=voi_lut,
+            side_by_side=side_by_side,
+            duration_ms=duration_ms,
             mp4=mp4,
             flow=flow,
             progress=progress,
@@ -200,7 +225,8 @@ def register(app: typer.Typer) -> None:
             "out": str(out),
         }
         try:
-            result = explain_many(files, clf, ae, target, out, options, arguments=command)
+            with _warnings_as_log():
+                result = explain_many(files, clf, ae, target, out, options, arguments=command)
         except ValueError as e:
             raise _fail(str(e), code=2) from None
         except (OSError, RuntimeError) as e:
