@@ -55,3 +55,18 @@ def test_adapter_refuses_datasets_without_masks(tmp_path):
 def test_unknown_xrv_dataset_name(tmp_path):
     with pytest.raises(ValueError, match="nih"):
         xrv_dataset("chexpert", tmp_path)
+
+
+def test_rsna_boxes_fake_folder(tmp_path):
+    labels = pd.read_csv(xrv.datasets.datapath + "/kaggle_stage_2_train_labels.csv.zip")
+    boxed = labels[labels["Target"] == 1]
+    pid = boxed["patientId"].iloc[0]
+    Image.fromarray(np.full((128, 128), 90, np.uint8)).convert("RGB").save(tmp_path / f"{pid}.jpg")
+    ds = XRVMaskedDataset(xrv_dataset("rsna", tmp_path), size=32)
+    assert len(ds) == 2  # one image, both RSNA labels ("Lung Opacity", "Pneumonia")
+    s = ds[0]
+    assert s["path"] == pid and s["image"].shape == (1, 32, 32)
+    # The mask is the union of every box of this patient.
+    boxes = boxed[boxed["patientId"] == pid]
+    area = float((boxes["width"] * boxes["height"]).sum()) / 1024**2 * 32**2
+    assert int(s["mask"].sum()) == pytest.approx(area, rel=0.35)
