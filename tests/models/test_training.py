@@ -81,3 +81,22 @@ def test_temperature_scaling_softens_overconfident_logits() -> None:
     logits = torch.randn(400, 3)
     logits[torch.arange(400), targets] += 1.0
     assert fit_temperature(logits * 5, targets, "softmax") > 2.0
+
+
+def test_classifier_can_train_on_reconstructions(tiny_dataset: Path, tmp_path: Path) -> None:
+    ae_out = tmp_path / "ae"
+    train(_cfg("autoencoder", tiny_dataset, ae_out, max_steps=1))
+    rec = train(
+        _cfg(
+            "classifier",
+            tiny_dataset,
+            tmp_path / "clf",
+            max_steps=2,
+            recon_autoencoders=[str(ae_out / "model.pt")],
+            recon_prob=1.0,
+        )
+    )
+    assert rec["config"]["recon_autoencoders"] == [str(ae_out / "model.pt")]
+    plain = train(_cfg("classifier", tiny_dataset, tmp_path / "plain", max_steps=2))
+    # every image was swapped for its reconstruction, so the loss differs from plain training
+    assert rec["history"][0]["train_loss"] != plain["history"][0]["train_loss"]

@@ -138,6 +138,14 @@ def classifier(
     val_fraction: ValOpt = 0.2,
     channels: ChannelsOpt = "16,32,64,128",
     blocks: BlocksOpt = 1,
+    recon_ae: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Autoencoder (name or path) whose reconstructions replace --recon-prob of "
+            "the training images; repeatable."
+        ),
+    ] = None,
+    recon_prob: Annotated[float, typer.Option(help="Share of images replaced.")] = 0.5,
     head: Annotated[
         str, typer.Option(help="softmax (exclusive targets) or sigmoid (multi-label).")
     ] = "softmax",
@@ -167,6 +175,8 @@ def classifier(
         val_fraction=val_fraction,
         channels=_channels(channels),
         blocks=blocks,
+        recon_autoencoders=list(recon_ae or []),
+        recon_prob=recon_prob,
         head=head,
         augment=augment,
         threads=threads,  # type: ignore[arg-type]

@@ -65,6 +65,11 @@ class TrainConfig:
         blocks: residual blocks per stage.
         head: classifier output (``"softmax"`` or ``"sigmoid"``).
         augment: apply light augmentation.
+        recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
+            paths) whose reconstructions D(E(x)) replace a share ``recon_prob`` of the
+            training images (same label), so the classifier reads a reconstruction as it
+            reads the original (the autoencoder's effect on predictions, paper Table K.1).
+        recon_prob: share of training images replaced by a reconstruction.
         threads: torch CPU threads (0 = torch's default).
         time_limit_min: stop after the epoch that would cross this wall time (0 = none).
         max_steps: stop after this many steps in total (0 = none; for tests).
@@ -89,6 +94,8 @@ class TrainConfig:
     blocks: int = 1
     head: Literal["softmax", "sigmoid"] = "softmax"
     augment: bool = True
+    recon_autoencoders: list[str] = field(default_factory=list)
+    recon_prob: float = 0.5
     threads: int = 0
     time_limit_min: float = 0.0
     max_steps: int = 0
@@ -292,6 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     command = command or _command_line()
 
     train_ds, x_train, y_train = load_split(cfg, "train")
+    recons = [reconstruct_uint8(name, x_train, cfg.device) for name in cfg.recon_autoencoders]
     val_ds, x_val, y_val = load_split(cfg, "val")
     names = train_ds.labels
     log.info("data: %d train, %d val images, labels %s", len(x_train), len(x_val), names)
@@ -390,6 +398,13 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
             for s in range(steps_per_epoch):
                 idx = order[s * cfg.batch_size : (s + 1) * cfg.batch_size]
                 x = uint8_to_model(x_train[idx])
+                if recons and cfg.kind == "classifier":
+                    swap = torch.rand(len(idx), generator=gen) < cfg.recon_prob
+                    which = torch.randint(len(recons), (len(idx),), generator=gen)
+                    for k, r in enumerate(recons):
+                        sel = swap & (which == k)
+                        if sel.any():
+                            x[sel] = uint8_to_model(r[idx[sel]])
                 if cfg.augment:
                     x = augment_batch(x, gen)
                 x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
@@ -479,6 +494,20 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     atomic_write_json(record, out / "run.json")
     log.info("wrote %s (%s)", out / "model.pt", _short(record["final_val"]))
     return record
+
+
+@torch.no_grad()
+def reconstruct_uint8(name_or_path: str, images: torch.Tensor, device: str) -> torch.Tensor:
+    """``D(E(x))`` of cached ``uint8`` images by a registry autoencoder, back as ``uint8``."""
+    from .registry import get_autoencoder
+
+    ae = get_autoencoder(name_or_path, device)
+    out = torch.empty_like(images)
+    for i in range(0, len(images), 64):
+        r = ae.decode(ae.encode(uint8_to_model(images[i : i + 64]).to(device))).cpu()
+        out[i : i + 64] = ((r.clamp(-1024, 1024) + 1024) * (255 / 2048)).round().to(torch.uint8)
+    log.info("reconstructed %d training images with %s", len(images), name_or_path)
+    return out
 
 
 @torch.no_grad()
