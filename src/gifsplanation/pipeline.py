@@ -13,6 +13,7 @@ unless ``force`` is set.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import importlib.metadata
@@ -22,7 +23,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ from . import __version__
 from ._core.explanation import Explanation
 from ._core.heatmaps import HEATMAPS
 from ._core.latent_shift import LatentShift
+from ._core.search import StopReason
 from .io import ImageLoadError, load_image
 from .render import (
     atomic_path,
@@ -399,13 +401,19 @@ class _Runner:
         advance: Callable[[int, int], None],
     ) -> None:
         try:
-            exp = self.ls.explain(x, target=target[0])
+            with _engine_warnings_muted():
+                exp = self.ls.explain(x, target=target[0])
             heatmaps = {m: exp.heatmap(m) for m in self.options.maps}
         except Exception as e:  # noqa: BLE001 - reported per image; the batch goes on
             for item in items:
                 self._fail(item, target[1], f"explain failed ({type(e).__name__}: {e})")
             return
         for i, item in enumerate(items):
+            for side, reason in exp.stop_reasons[i].items():
+                if reason not in (StopReason.TARGET_REACHED, StopReason.DISABLED):
+                    log.warning(
+                        "%s [%s], %s side: %s", item.source, target[1], side, reason.description
+                    )
             folder = self.out / item.name / slug(target[1])
             start = time.perf_counter()
             try:
@@ -496,6 +504,23 @@ class _Runner:
                 "report": None,
             }
         )
+
+
+class _DropEngineNotes(logging.Filter):
+    # The engine reports unreached goals by batch position; the pipeline re-reports them
+    # with the file name and target, which is what a user can act on.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.funcName != "_log_unreached"
+
+
+@contextlib.contextmanager
+def _engine_warnings_muted() -> Iterator[None]:
+    drop = _DropEngineNotes()
+    logging.getLogger("gifsplanation").addFilter(drop)
+    try:
+        yield
+    finally:
+        logging.getLogger("gifsplanation").removeFilter(drop)
 
 
 def _as_batch(x: torch.Tensor, source: str) -> torch.Tensor:

@@ -271,3 +271,20 @@ def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
     assert sizes["map-max"] == [32, True]
     assert all(w > 0 and ok for w, ok in sizes.values())
     assert any(link.endswith("gray8/blob/report.html") for link in links)
+
+
+@pytest.mark.slow
+def test_demo_with_the_bundled_models(tmp_path):
+    """The README's command, unpatched: bundled models and demo image, fully offline."""
+    try:
+        explain_cli._load_models(None, None, "cpu")
+    except Exception as e:  # noqa: BLE001 - weights not built/installed yet
+        pytest.skip(f"bundled models unavailable: {type(e).__name__}: {e}")
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--frames", "5"])
+    assert result.exit_code == 0, result.output
+    reports = list(tmp_path.glob("demo/*/report.html"))
+    assert len(reports) == 1 and "report.html" in result.output
+    record = json.loads((reports[0].parent / "explanation.json").read_text())
+    assert record["models"]["classifier"]["weights_sha256"]
+    assert record["models"]["autoencoder"]["weights_sha256"]
+    assert Image.open(reports[0].parent / "latentshift.gif").n_frames == 8
