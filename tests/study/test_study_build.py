@@ -192,5 +192,26 @@ def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> No
     assert (out / "analysis" / "summary.md").is_file()
     assert (out / "analysis" / "per_target.png").is_file()
     assert "+2.00" in res.output
+    # select: predicted positives above the threshold, half false positives
+    import gifsplanation.models as models
+
+    monkeypatch.setattr(models, "get_classifier", lambda name, device="cpu": clf)
+    folder = tmp_path / "pool"
+    folder.mkdir()
+    lines = []
+    for i in range(6):
+        x = blob_data.batch(1, positive=i % 2 == 0)[0][0, 0].numpy()
+        arr = np.clip(np.rint((x + 1024) / 2048 * 255), 0, 255).astype(np.uint8)
+        Image.fromarray(arr, mode="L").save(folder / f"p{i}.png")
+        lines.append(f"p{i}.png,{'blob' if i % 2 == 0 else 'none'}")
+    (folder / "images.csv").write_text("image,label\n" + "\n".join(lines) + "\n")
+    res = runner.invoke(app, ["study", "select", str(folder / "images.csv"), "--out",
+                              str(tmp_path / "cases.csv"), "--per-target", "2",
+                              "--threshold", "0.0"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    with open(tmp_path / "cases.csv") as f:
+        chosen = list(csv.DictReader(f))
+    assert [r["label"] for r in chosen] == ["1", "0"] and chosen[0]["target"] == "blob"
+    assert all(Path(r["image"]).is_file() for r in chosen)
     missing = runner.invoke(app, ["study", "export", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "study create" in missing.output
