@@ -136,6 +136,8 @@ def install_weights(src: str | Path, dest: str | Path) -> dict[str, Any]:
     os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
     side["file"] = dest.name
+    side["run_name"] = side.get("name")
+    side["name"] = dest.stem
     atomic_write_json(side, sidecar_path(dest))
     return side
 

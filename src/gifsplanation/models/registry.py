@@ -31,7 +31,7 @@ XRV_INPUT = "1x224x224, [-1024, 1024] (TorchXRayVision)"
 DEFAULT_CLASSIFIER = "cxr-classifier"
 DEFAULT_AUTOENCODER = "cxr-ae"
 #: The bottleneck chosen for the bundled ``cxr-ae`` (see docs/model-card.md).
-CHOSEN_AE = "cxr-ae-14x14"
+CHOSEN_AE = "cxr-ae-7x7"
 
 XRV_DENSENET_WEIGHTS = ("all", "nih", "pc", "chex", "rsna", "mimic_nb", "mimic_ch")
 COVID_TARGETS = ["COVID-19", "Non-COVID pneumonia", "Normal"]
@@ -110,7 +110,8 @@ def _entries() -> dict[str, ModelEntry]:
             source="bundled",
             description="small ResNet trained on COVID-QU-Ex (see docs/model-card.md)",
             input=bundled_in,
-            output="probability (temperature-calibrated softmax over 3 exclusive targets)",
+            output="probability (temperature-calibrated softmax over 3 exclusive targets); "
+            "trained on originals and cxr-ae reconstructions alike",
             targets=list(COVID_TARGETS),
             bundled_file="cxr-classifier.pt",
         ),
@@ -338,37 +339,85 @@ def _tag(model: nn.Module, name: str, path: Path, sha: str) -> None:
         model.input_size = 224
 
 
-@functools.cache
-def _demo_cached(target_prob: float = 0.75) -> torch.Tensor:
+DEMO_LATENT = "cxr-demo-latent.pt"
+
+
+def make_demo_latent(target_prob: float = 0.75, max_steps: int = 100) -> torch.Tensor:
+    """Synthesise the demo latent from the bundled models (slow on a CPU: up to a minute).
+
+    Starts from the mean latent of the bundled autoencoder's COVID-19 training images (which
+    decodes to an average chest the classifier calls negative) and moves it in fixed steps
+    (1% of its norm) up the bundled classifier's COVID-19 log-probability until the decoded
+    image reaches ``target_prob``: a synthetic positive, derived from no single real image.
+
+    Returns:
+        The latent ``(1, C, h, w)`` of the default autoencoder.
+    """
     ae = get_autoencoder(DEFAULT_AUTOENCODER)
     clf = get_classifier(DEFAULT_CLASSIFIER)
     z0 = ae.checkpoint_extras.get("mean_latent/COVID-19")
     if z0 is None:
-        raise RuntimeError(
-            f"the bundled autoencoder {ae.weights_path} stores no COVID-19 mean latent"
-        )
-    # The class mean alone decodes to an average chest the classifier calls negative. Walk
-    # the latent up the classifier's COVID-19 log-probability in small fixed steps until it
-    # predicts COVID-19 with ``target_prob``: a synthetic positive to explain in the demo.
+        raise RuntimeError(f"the autoencoder {ae.weights_path} stores no COVID-19 mean latent")
     z0 = z0[None]
-    z, step = z0.clone(), 0.005 * float(z0.norm())
-    for _ in range(200):
+    z, step = z0.clone(), 0.01 * float(z0.norm())
+    for _ in range(max_steps):
         z.requires_grad_(True)
         p = clf(ae.decode(z).clamp(-1024, 1024))[0, 0]
-        if float(p) >= target_prob:
+        if p.item() >= target_prob:
             break
         (g,) = torch.autograd.grad(torch.log(p), z)
         z = (z + step * g / g.norm().clamp_min(1e-12)).detach()
+    return z.detach()
+
+
+def save_demo_latent(path: str | Path | None = None) -> Path:
+    """Compute :func:`make_demo_latent` and store it (fp32) with a JSON sidecar, atomically."""
+    from .checkpoint import atomic_torch_save, atomic_write_json
+
+    path = Path(path) if path is not None else WEIGHTS_DIR / DEMO_LATENT
+    ae = get_autoencoder(DEFAULT_AUTOENCODER)
+    clf = get_classifier(DEFAULT_CLASSIFIER)
+    z = make_demo_latent()
+    atomic_torch_save({"latent": z, "autoencoder_sha256": ae.weights_sha256}, path)
     with torch.no_grad():
-        return ae.decode(z.detach()).clamp(-1024, 1024)
+        p = clf(ae.decode(z).clamp(-1024, 1024))[0].tolist()
+    atomic_write_json(
+        {
+            "file": path.name,
+            "sha256": sha256_file(path),
+            "made_by": "gifsplanation.models.registry.save_demo_latent()",
+            "autoencoder": ae.name,
+            "autoencoder_sha256": ae.weights_sha256,
+            "classifier_sha256": clf.weights_sha256,
+            "classifier_probabilities": dict(zip(clf.targets, p, strict=True)),
+        },
+        path.with_suffix(".json"),
+    )
+    return path
+
+
+@functools.cache
+def _demo_cached() -> torch.Tensor:
+    ae = get_autoencoder(DEFAULT_AUTOENCODER)
+    stored = WEIGHTS_DIR / DEMO_LATENT
+    z = None
+    if stored.is_file():
+        saved = torch.load(stored, map_location="cpu", weights_only=True)
+        if saved.get("autoencoder_sha256") == ae.weights_sha256:
+            z = saved["latent"].float()
+    if z is None:  # weights retrained without a matching demo latent: synthesise it now
+        log.info("synthesising the demo latent (no stored one matches %s)", ae.weights_path)
+        z = make_demo_latent()
+    with torch.no_grad():
+        return ae.decode(z).clamp(-1024, 1024)
 
 
 def demo_image() -> torch.Tensor:
     """A built-in example input, synthesised by the bundled models (never a real image).
 
-    The bundled autoencoder stores the mean latent of its COVID-19 training images; starting
-    there, the latent is moved in small steps up the bundled classifier's COVID-19
-    probability until it reaches 0.75, and decoded.
+    The decoding of a stored latent made by :func:`make_demo_latent`: the bundled
+    autoencoder's mean COVID-19 training latent, moved up the bundled classifier's COVID-19
+    probability to 0.75.
 
     Returns:
         A ``(1, 1, 224, 224)`` float tensor in [-1024, 1024].

@@ -138,12 +138,28 @@ def measure(
                 "lower_goal_reached": reached,
                 "evaluations": evals,
                 "strategy": strategy,
+                "per_item": [float(v) for v in ious],
             },
             "seconds": time.time() - t0,
         }
         log.info(
             "%s: MAE %.1f, IoU %.3f", name, abs_err / n_px, out["autoencoders"][name]["iou"]["mean"]
         )
+    names_ae = list(out["autoencoders"])
+    if len(names_ae) >= 2:  # paired comparison of the first two on the same images
+        from scipy.stats import wilcoxon
+
+        a = np.array(out["autoencoders"][names_ae[0]]["iou"]["per_item"])
+        b = np.array(out["autoencoders"][names_ae[1]]["iou"]["per_item"])
+        if len(a) == len(b) and len(a) > 0:
+            out["iou_paired"] = {
+                "a": names_ae[0],
+                "b": names_ae[1],
+                "mean_difference_b_minus_a": float((b - a).mean()),
+                "b_better_count": int((b > a).sum()),
+                "n": int(len(a)),
+                "wilcoxon_p": float(wilcoxon(a, b).pvalue) if np.any(a != b) else 1.0,
+            }
     return out
 
 
@@ -157,15 +173,25 @@ def markdown(result: dict[str, Any]) -> str:
         f"Accuracy {c['accuracy']:.3f}, NLL {c['nll']:.3f}, top-label ECE {c['ece']:.3f} "
         f"(n = {result['data']['n']}).",
         "",
-        "| autoencoder | latent | MAE | IoU latentshift-max (n) | random map |",
-        "|---|---|---|---|---|",
+        "| autoencoder | latent | MAE | IoU latentshift-max (n) | random map "
+        "| lower goal reached |",
+        "|---|---|---|---|---|---|",
     ]
     for name, a in result["autoencoders"].items():
         lat = "x".join(str(v) for v in a["latent_shape"]) or "?"
         lines.append(
             f"| {name} | {lat} | {a['mae']:.1f} | {a['iou']['mean']:.3f} ± {a['iou']['sd']:.3f} "
-            f"({a['iou']['n']}) | {a['iou']['random_map_mean']:.3f} |"
+            f"({a['iou']['n']}) | {a['iou']['random_map_mean']:.3f} | "
+            f"{a['iou']['lower_goal_reached']}/{a['iou']['n']} |"
         )
+    if "iou_paired" in result:
+        d = result["iou_paired"]
+        lines += [
+            "",
+            f"Paired IoU difference {d['b']} − {d['a']}: {d['mean_difference_b_minus_a']:+.3f} "
+            f"({d['b']} higher on {d['b_better_count']}/{d['n']} images; Wilcoxon "
+            f"p = {d['wilcoxon_p']:.3g}).",
+        ]
     for name, a in result["autoencoders"].items():
         lines += [
             "",
