@@ -116,6 +116,9 @@ def create_cmd(
     threshold: float = typer.Option(
         0.5, help="Warn about cases predicted at or below this (the study shows positives)."
     ),
+    gif_labels: bool = typer.Option(
+        True, "--gif-labels/--no-gif-labels", help="Draw λ and the prediction on the GIF."
+    ),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
     """Compute predictions, Method A maps and Method B map + GIF for every case and store
@@ -152,6 +155,7 @@ def create_cmd(
                 loader=_loader(size),
                 threshold=threshold,
                 meta=meta,
+                gif_options={"labels": gif_labels},
                 progress=progress,
             )
         except (FileExistsError, ValueError, RuntimeError) as err:

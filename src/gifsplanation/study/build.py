@@ -131,6 +131,7 @@ def render_case_assets(
     autoencoder: Any,
     out_dir: str | os.PathLike[str],
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    gif_options: Mapping[str, Any] | None = None,
 ) -> tuple[float, dict[str, str]]:
     """Compute one case's prediction and visuals and write them to ``out_dir``.
 
@@ -142,6 +143,8 @@ def render_case_assets(
         out_dir: folder for the files (created).
         method_options: optional per-method options for ``get_method`` (e.g.
             ``{"latentshift-max": {"n_frames": 10}}``).
+        gif_options: keyword options for :func:`gifsplanation.render.save_gif` (e.g.
+            ``{"labels": False}`` to hide the λ/prediction captions); its defaults otherwise.
 
     Returns:
         ``(p, files)``: the probability of the target for the input (the one the Latent
@@ -179,7 +182,7 @@ def render_case_assets(
     files["latentshift"] = "latentshift.png"
     save_overlay(x[0, 0], shift.maps_from(exp)[0, 0], out / files["latentshift"])
     files["gif"] = "latentshift.gif"
-    save_gif(exp, 0, out / files["gif"])
+    save_gif(exp, 0, out / files["gif"], **dict(gif_options or {}))
     for name in METHOD_A:
         method = get_method(
             name, classifier=classifier, autoencoder=autoencoder, **options.get(name, {})
@@ -201,6 +204,7 @@ def create_study(
     threshold: float | None = 0.5,
     meta: Mapping[str, Any] | None = None,
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
+    gif_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, CaseSpec], None] | None = None,
 ) -> StudyStore:
     """Make a study folder from cases.
@@ -218,6 +222,7 @@ def create_study(
             cases are all predicted positives); ``None`` disables the check.
         meta: extra provenance stored in the database (model names, weights hashes ...).
         method_options: per-method options for :func:`render_case_assets`.
+        gif_options: options for the GIF (see :func:`render_case_assets`).
         progress: called as ``progress(i, n, case)`` before each case.
 
     Returns:
@@ -271,6 +276,7 @@ def create_study(
                     autoencoder,
                     store.assets_dir / public_id,
                     method_options=method_options,
+                    gif_options=gif_options,
                 )
             except Exception as err:
                 raise RuntimeError(
