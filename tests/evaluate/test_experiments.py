@@ -60,7 +60,14 @@ def test_select_items_is_seeded_and_matches_labels_to_targets(blob_dataset):
 
 def test_iou_experiment_writes_outputs_beats_random_and_resumes(tiny, blob_dataset, tmp_path):
     result = run_iou(_setup(tiny, blob_dataset, tmp_path))
-    for name in ("per_item.csv", "summary.csv", "table.md", "iou.png", "manifest.json"):
+    for name in (
+        "per_item.csv",
+        "summary.csv",
+        "paired.csv",
+        "table.md",
+        "iou.png",
+        "manifest.json",
+    ):
         assert (tmp_path / name).is_file(), name
     summary = {s["method"]: s for s in result["summary"]}
     assert summary["grad"]["iou_mean"] > summary["random"]["iou_mean"] + 0.2
@@ -71,6 +78,9 @@ def test_iou_experiment_writes_outputs_beats_random_and_resumes(tiny, blob_datas
     assert manifest["args"]["limit"] == 4
     table = (tmp_path / "table.md").read_text()
     assert "latentshift-max" in table and "classifier AUC" in table
+    paired = {r["method"]: r for r in _rows(tmp_path / "paired.csv")}
+    assert float(paired["random"]["mean_diff"]) > 0.2  # Latent Shift beats random
+    assert set(paired) == {"random", "grad"}
     # Second run: every map comes from the cache and the numbers are identical.
     again = run_iou(_setup(tiny, blob_dataset, tmp_path))
     manifest = json.loads((tmp_path / "manifest.json").read_text())

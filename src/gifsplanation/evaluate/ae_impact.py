@@ -9,6 +9,7 @@ explanations describe a classifier input that differs from what the user gave it
 
 from __future__ import annotations
 
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -127,7 +128,7 @@ def run_ae_impact(setup: Setup) -> dict[str, Any]:
 def _plot(run: Any, summary: list[dict[str, Any]]) -> None:
     plt = plt_agg()
     fig, ax = plt.subplots(figsize=(1.5 + 1.2 * len(summary), 3.6))
-    labels = [f"{s['target']}\n{s['group']}" for s in summary]
+    labels = [f"{textwrap.fill(s['target'], 12)}\n{s['group']}" for s in summary]
     xs = np.arange(len(summary))
     ax.bar(
         xs - 0.2,

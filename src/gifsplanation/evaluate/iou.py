@@ -83,6 +83,7 @@ def run_iou(setup: Setup) -> dict[str, Any]:
     summary = summarise(rows, scores, setup.methods)
     run.write_csv("per_item.csv", rows)
     run.write_csv("summary.csv", summary)
+    run.write_csv("paired.csv", paired_comparison(rows, setup.methods))
     run.write_text("table.md", table_markdown(summary, rows, setup.methods))
     _plot(run, summary, setup.methods)
     run.write_manifest("done", n_positives=len(items), n_negatives=len(negatives))
@@ -173,7 +174,73 @@ def table_markdown(
         body2.append([name] + pg + rm + [f"{float(np.mean(secs)):.2f}" if secs else "–"])
     text += "\nPointing game (hit rate) and relevance mass (share of the map inside the mask)\n\n"
     text += markdown_table(head2, body2)
+    paired = paired_comparison(rows, methods)
+    if paired:
+        ref = paired[0]["reference"]
+        head3 = [
+            "target",
+            "method",
+            "n",
+            f"mean IoU({ref}) − IoU(method)",
+            "sd",
+            f"{ref} better on",
+            "Wilcoxon p",
+        ]
+        body3 = [
+            [
+                p["target"],
+                p["method"],
+                p["n"],
+                f"{p['mean_diff']:+.3f}",
+                f"{p['sd_diff']:.3f}",
+                f"{100 * p['win_rate']:.0f}%",
+                f"{p['p_value']:.2g}",
+            ]
+            for p in paired
+        ]
+        text += (
+            f"\nPaired comparison with {ref} (same images; two-sided Wilcoxon "
+            "signed-rank test, ties dropped)\n\n" + markdown_table(head3, body3)
+        )
     return text
+
+
+def paired_comparison(
+    rows: list[dict[str, Any]], methods: list[str], reference: str | None = None
+) -> list[dict[str, Any]]:
+    """Per target, IoU of ``reference`` (default the first Latent Shift method) minus each
+    other method's, on the same images: mean, sd, share of images where the reference
+    wins, and the Wilcoxon signed-rank p-value."""
+    from scipy.stats import wilcoxon
+
+    ref = reference or next((m for m in methods if m.startswith("latentshift")), None)
+    if ref is None:
+        return []
+    out = []
+    for t in dict.fromkeys(r["target"] for r in rows):
+        by = {(r["item"], r["method"]): r["iou"] for r in rows if r["target"] == t}
+        items = [i for (i, m) in by if m == ref]
+        for name in methods:
+            if name == ref:
+                continue
+            d = np.array([by[(i, ref)] - by[(i, name)] for i in items if (i, name) in by])
+            if d.size == 0:
+                continue
+            nz = d[d != 0]
+            p = float(wilcoxon(nz).pvalue) if nz.size >= 2 else float("nan")
+            out.append(
+                {
+                    "reference": ref,
+                    "target": t,
+                    "method": name,
+                    "n": int(d.size),
+                    "mean_diff": float(d.mean()),
+                    "sd_diff": float(d.std(ddof=1)) if d.size > 1 else 0.0,
+                    "win_rate": float((d > 0).mean()),
+                    "p_value": p,
+                }
+            )
+    return out
 
 
 def _plot(run: Any, summary: list[dict[str, Any]], methods: list[str]) -> None:
