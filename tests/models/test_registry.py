@@ -66,7 +66,7 @@ def test_offline_error_says_which_file_goes_where(tmp_path: Path, monkeypatch) -
     msg = str(err.value)
     expected = tmp_path / xrv_loader.weights_filename("densenet", "densenet121-res224-all")
     assert "could not be downloaded (ConnectionError)" in msg
-    assert str(expected) in msg and "--weights PATH" in msg
+    assert str(expected) in msg and "--classifier PATH" in msg and "weights=PATH" in msg
     assert "https://github.com/mlmed/torchxrayvision" in msg
     with pytest.raises(WeightsUnavailableError, match="downloading is off"):
         get_autoencoder("xrv-resnetae-101-elastic", cache_dir=tmp_path, download=False)

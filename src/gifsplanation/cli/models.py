@@ -60,7 +60,7 @@ def models(
         avail = (
             f"[green]yes[/green] ({r['source']})"
             if r["available"]
-            else f"[yellow]no[/yellow]: put the file at {r['weights']} or pass --weights PATH"
+            else f"[yellow]no[/yellow]: put the file at {r['weights']}"
         )
         table.add_row(r["name"], r["kind"], shown or "—", r["input"], r["output"], avail)
     console.print(table)

@@ -119,10 +119,12 @@ def _local_weights(kind: str, weights: str, path: Path) -> Iterator[Path]:
 
 def _unavailable(name: str, kind: str, weights: str, cache_dir: Any, why: str) -> None:
     target = expected_path(kind, weights, cache_dir)
+    role = "autoencoder" if kind == "resnetae" else "classifier"
     raise WeightsUnavailableError(
         f"weights for {name!r} are not on this machine and {why}. Download "
-        f"{weights_url(kind, weights)} and save it as {target}, or pass a local copy with "
-        "--weights PATH (Python: weights=PATH)"
+        f"{weights_url(kind, weights)} and save it as {target}; or pass a local copy: on the "
+        f"command line as --{role} PATH (keep the file name {target.name}), in Python as "
+        f"get_{role}({name!r}, weights=PATH)"
     ) from None
 
 
