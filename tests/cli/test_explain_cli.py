@@ -265,6 +265,11 @@ def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
             page.screenshot(path=str(artifacts / "explain-report.png"), full_page=True)
             page.goto((out / "index.html").as_uri())
             links = page.eval_on_selector_all("a", "els => els.map(e => e.href)")
+            page.wait_for_function(
+                "() => { const t = document.querySelector('img.thumb');"
+                " return t && t.complete && t.naturalWidth > 0; }",
+                timeout=15000,
+            )
         finally:
             browser.close()
     assert sizes["gif"] == [2 * 224 + 40, True]

@@ -30,7 +30,7 @@ figure{display:inline-block;margin:.5em 1em .5em 0;vertical-align:top}
 figure img,figure video{max-width:100%;image-rendering:pixelated;background:#000}
 figcaption{font-size:.85em;color:#aaa} pre{background:#1b1b1b;padding:1em;overflow:auto}
 .grid{display:flex;flex-wrap:wrap;align-items:flex-start}
-figure img.map{width:336px;height:auto}
+figure img.map{width:336px;height:auto} img.thumb{height:90px}
 """
 
 _CAPTIONS = {
@@ -154,19 +154,22 @@ def write_index(entries: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
         status = str(e.get("status", ""))
         css = {"failed": "fail", "done": "ok"}.get(status, "skip")
         report = e.get("report")
+        link = thumb = ""
         if report:
             rel = (
                 os.path.relpath(Path(report), out.parent) if Path(report).is_absolute() else report
             )
             link = f'<a href="{_e(Path(rel).as_posix())}">report</a>'
-        else:
-            link = ""
+            if status != "failed":
+                src = (Path(rel).parent / "latentshift.gif").as_posix()
+                thumb = f'<img class="thumb" loading="lazy" alt="" src="{_e(src)}">'
+
         pred = e.get("prediction")
         pred_s = f"{pred:.3f}" if isinstance(pred, (int, float)) else ""
         rows.append(
             f"<tr><td>{_e(e.get('image', ''))}</td><td>{_e(e.get('target') or '')}</td>"
             f'<td>{pred_s}</td><td class="{css}">{_e(status)}</td>'
-            f"<td>{_e(e.get('reason') or '')}</td><td>{link}</td></tr>"
+            f"<td>{_e(e.get('reason') or '')}</td><td>{link}</td><td>{thumb}</td></tr>"
         )
     n_fail = sum(1 for e in entries if e.get("status") == "failed")
     doc = f"""<!DOCTYPE html>
@@ -175,7 +178,7 @@ def write_index(entries: Sequence[Mapping[str, Any]], path: str | os.PathLike[st
 <h1>gifsplanation run</h1>
 <p>{len(entries) - n_fail} explanations, {n_fail} failures.</p>
 <table><tr><th>image</th><th>target</th><th>prediction</th><th>status</th><th>reason</th>
-<th>report</th></tr>{"".join(rows)}</table>
+<th>report</th><th>loop</th></tr>{"".join(rows)}</table>
 </body></html>
 """
     return write_text(out, doc)
