@@ -65,7 +65,8 @@ def _shared_positives(n: int, seed: int):
     from gifsplanation.datasets import MaskedCXRDataset
 
     ds = MaskedCXRDataset(root / "train.csv", split="val", seed=0)
-    picked = [i for i in range(len(ds)) if ds[i]["label"] == "COVID-19"][:n]
+    covid = ds.labels.index("COVID-19")
+    picked = [i for i, t in enumerate(ds.targets) if t == covid][:n]
     return torch.stack([ds[i]["image"] for i in picked])
 
 
@@ -77,12 +78,11 @@ def run(args) -> dict:
     for i in range(len(images)):
         x = images[i : i + 1]
         t0 = time.perf_counter()
-        fast = LatentShift(clf, ae, strategy="fast", n_frames=n_frames).explain(x, target)
+        common = {"n_frames": n_frames, "max_lambda": args.max_lambda}
+        fast = LatentShift(clf, ae, strategy="fast", **common).explain(x, target)
         t_fast = time.perf_counter() - t0
         t0 = time.perf_counter()
-        paper = LatentShift(clf, ae, strategy="paper", n_frames=n_frames, batch_size=1).explain(
-            x, target
-        )
+        paper = LatentShift(clf, ae, strategy="paper", batch_size=1, **common).explain(x, target)
         t_paper = time.perf_counter() - t0
         sweep_alone = n_frames - 1  # λ = 0 comes with the gradient pass
         paper_search = paper.cost.search_evaluations[0]
@@ -107,11 +107,15 @@ def run(args) -> dict:
                 "sweep_alone": sweep_alone,
             }
         )
-    return {"models": args.models, "frames": n_frames, "rows": rows}
+    return {"models": args.models, "frames": n_frames, "max_lambda": args.max_lambda, "rows": rows}
 
 
 def report(result: dict, console: Console) -> bool:
-    table = Table(title=f"λ search, models={result['models']}, frames={result['frames']}")
+    title = (
+        f"λ search, models={result['models']}, frames={result['frames']}, "
+        f"max_lambda={result['max_lambda']:g}"
+    )
+    table = Table(title=title)
     for col in (
         "img",
         "bounds fast",
@@ -165,6 +169,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=8)
     parser.add_argument("--frames", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--max-lambda",
+        type=float,
+        default=1000.0,
+        help="cap on |λ| for both strategies (default 1000, the paper's)",
+    )
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = parser.parse_args(argv)
     result = run(args)

@@ -46,7 +46,7 @@ class LatentShift:
         batch_size: images per decoder+classifier call (default 16).
         config: a :class:`SearchConfig`; keyword arguments named like its fields
             (``lower_change=0.3``, ``upper_change=0.05``, ``threshold_mode="relative"``,
-            ``max_lambda=1000``, ``max_image_change=0.5``, ``rtol``, ``ftol``) override it.
+            ``max_lambda=10000``, ``max_image_change=0.5``, ``rtol``, ``ftol``) override it.
 
     Both models are put in eval mode. The engine runs on the device of the inputs; the
     models must already be there.

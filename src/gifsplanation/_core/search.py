@@ -81,7 +81,10 @@ class SearchConfig:
             relative goal above 1 is unreachable for a probability; it is then replaced by
             the midpoint between the initial prediction and 1 (the goal used is reported).
         threshold_mode: ``"relative"`` (the paper's text) or ``"absolute"`` (its code).
-        max_lambda: cap on |λ| (the paper's code: 1000).
+        max_lambda: cap on |λ| (default 10000). The paper's code capped at 1000, a scale
+            that suits TorchXRayVision's models; λ's scale depends on the models (the
+            needed |λ| grows as the prediction saturates), so the default leaves room and
+            ``max_image_change`` is the safety net. Pass 1000 to reproduce the paper.
         max_image_change: stop when mean |x_λ − x_0| exceeds this fraction of x_0's dynamic
             range (max − min); ``None`` disables the rule.
         rtol: the fast strategy stops refining when the bracket is narrower than
@@ -93,7 +96,7 @@ class SearchConfig:
     lower_change: float = 0.3
     upper_change: float | None = 0.05
     threshold_mode: ThresholdMode = "relative"
-    max_lambda: float = 1000.0
+    max_lambda: float = 10000.0
     max_image_change: float | None = 0.5
     rtol: float = 0.05
     ftol: float = 0.05
