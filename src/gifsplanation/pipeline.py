@@ -36,7 +36,7 @@ from . import __version__
 from ._core.explanation import Explanation
 from ._core.heatmaps import HEATMAPS
 from ._core.latent_shift import LatentShift
-from ._core.search import StopReason
+from ._core.search import SearchConfig, StopReason
 from .io import ImageLoadError, load_image
 from .render import (
     atomic_path,
@@ -90,6 +90,8 @@ class ExplainOptions:
         mp4: also write ``latentshift.mp4`` (default True).
         flow: also write ``flow.png`` (default True).
         progress: show a rich progress bar (default False; the CLI turns it on).
+        search: overrides of :class:`~gifsplanation.SearchConfig` fields, e.g.
+            ``{"lower_change": 0.5, "threshold_mode": "absolute", "max_lambda": 1000}``.
     """
 
     n_frames: int = 10
@@ -107,9 +109,14 @@ class ExplainOptions:
     mp4: bool = True
     flow: bool = True
     progress: bool = False
+    search: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.maps = tuple(self.maps)
+        unknown_search = sorted(set(self.search) - set(SearchConfig.__dataclass_fields__))
+        if unknown_search:
+            raise ValueError(f"unknown search option(s): {', '.join(unknown_search)}")
+        SearchConfig(**self.search)  # validates the values
         unknown = [m for m in self.maps if m not in HEATMAPS]
         if unknown or not self.maps:
             raise ValueError(
@@ -331,6 +338,7 @@ class _Runner:
             strategy=options.strategy,  # type: ignore[arg-type]
             n_frames=options.n_frames,
             batch_size=options.batch_size,
+            **options.search,
         )
         self.targets = _resolve_targets(self.ls, targets)
         self.size = _input_size(classifier, autoencoder, options)

@@ -173,6 +173,9 @@ def test_explain_targets_csv_input_and_demo(tiny_cli, tmp_path):
         (["--strategy", "slow"], "--strategy 'slow' is not one of"),
         (["--target", "lungs"], "unknown target 'lungs'"),
         (["--device", "tpu"], "--device 'tpu'"),
+        (["--threshold-mode", "percent"], "--threshold-mode 'percent' is not one of"),
+        (["--lower-change", "-0.1"], "lower_change must be > 0"),
+        (["--max-lambda", "0"], "max_lambda must be > 0"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(tiny_cli, tmp_path, args, message):
@@ -293,3 +296,19 @@ def test_demo_with_the_bundled_models(tmp_path):
     assert record["models"]["classifier"]["weights_sha256"]
     assert record["models"]["autoencoder"]["weights_sha256"]
     assert Image.open(reports[0].parent / "latentshift.gif").n_frames == 8
+
+
+def test_search_options_reach_the_engine(tiny_cli, tmp_path):
+    files = _blob_pngs(tmp_path / "in")
+    out = tmp_path / "out"
+    args = ["explain", str(files["gray8"]), "-o", str(out), "--no-mp4", "--no-flow"]
+    result = runner.invoke(
+        app, [*args, "--upper-change", "0", "--max-lambda", "1000", "--threshold-mode", "absolute"]
+    )
+    assert result.exit_code == 0, result.output
+    (record_path,) = out.glob("*/*/explanation.json")
+    record = json.loads(record_path.read_text())
+    config = record["config"]
+    assert config["upper_change"] is None and config["max_lambda"] == 1000
+    assert config["threshold_mode"] == "absolute"
+    assert "disabled" in json.dumps(record)

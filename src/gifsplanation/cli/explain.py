@@ -183,6 +183,28 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=10, help="GIF/MP4 frame duration in milliseconds.")
         ] = 100,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+        lower_change: Annotated[
+            float,
+            typer.Option(help="How far the prediction must fall (λ < 0): fraction or absolute."),
+        ] = 0.3,
+        upper_change: Annotated[
+            float,
+            typer.Option(help="How far it must rise (λ > 0); 0 disables the positive side."),
+        ] = 0.05,
+        threshold_mode: Annotated[
+            str,
+            typer.Option(help="relative (the paper's text) or absolute (its code)."),
+        ] = "relative",
+        max_lambda: Annotated[
+            float, typer.Option(help="Cap on |λ| (the paper used 1000).")
+        ] = 10000.0,
+        max_image_change: Annotated[
+            float,
+            typer.Option(
+                help="Stop when mean |x_λ − x_0| exceeds this share of the dynamic "
+                "range; 0 disables."
+            ),
+        ] = 0.5,
     ) -> None:
         """Explain images with Latent Shift: GIF, MP4, maps, curve, flow and report per target."""
         from ..io import expand_inputs
@@ -193,7 +215,15 @@ def register(app: typer.Typer) -> None:
         for m in maps:
             _check_choice(m, tuple(HEATMAPS), "--map")
         _check_choice(strategy, STRATEGIES, "--strategy")
+        _check_choice(threshold_mode, ("relative", "absolute"), "--threshold-mode")
         _check_device(device)
+        search = {
+            "lower_change": lower_change,
+            "upper_change": upper_change or None,
+            "threshold_mode": threshold_mode,
+            "max_lambda": max_lambda,
+            "max_image_change": max_image_change or None,
+        }
         try:
             files = expand_inputs(images)
         except (ValueError, OSError) as e:
@@ -201,22 +231,26 @@ def register(app: typer.Typer) -> None:
         if not files:
             raise _fail("no image files found in the given arguments", code=2)
         clf, ae = _models_or_exit(classifier, autoencoder, device)
-        options = ExplainOptions(
-            n_frames=frames,
-            maps=maps,
-            strategy=strategy,
-            batch_size=batch_size,
-            images_per_call=images_per_call,
-            device=device,
-            seed=seed,
-            force=force,
-            voi_lut=voi_lut,
-            side_by_side=side_by_side,
-            duration_ms=duration_ms,
-            mp4=mp4,
-            flow=flow,
-            progress=progress,
-        )
+        try:
+            options = ExplainOptions(
+                n_frames=frames,
+                maps=maps,
+                strategy=strategy,
+                batch_size=batch_size,
+                images_per_call=images_per_call,
+                device=device,
+                seed=seed,
+                force=force,
+                voi_lut=voi_lut,
+                side_by_side=side_by_side,
+                duration_ms=duration_ms,
+                mp4=mp4,
+                flow=flow,
+                progress=progress,
+                search=search,
+            )
+        except ValueError as e:
+            raise _fail(str(e), code=2) from None
         command = {
             "command": "explain",
             "images": list(images),
