@@ -29,6 +29,8 @@ import numpy as np
 
 log = logging.getLogger("gifsplanation")
 T = TypeVar("T")
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 _PACKAGES = (
     "gifsplanation",
@@ -85,6 +87,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
