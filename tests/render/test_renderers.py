@@ -162,3 +162,36 @@ def test_atomic_path_leaves_nothing_on_error(tmp_path):
         raise RuntimeError("boom")
     assert target.read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
+
+
+def test_gif_caption_fits_long_target_names(exp):
+    # "Non-COVID pneumonia" used to be cut to "Non-C…"; now the whole name is drawn in the
+    # header right of the widest frame label, the font shrunk if needed.
+    import dataclasses
+
+    from PIL import ImageDraw
+
+    from gifsplanation.render.gif import _fit_caption, _font
+
+    name = "Non-COVID pneumonia"
+    long = dataclasses.replace(exp, target_names=[name] * len(exp.target_names))
+    arrays = compose_frames(long, 0, side_by_side=True, labels=True)
+    p = panel_size(32)
+    measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    label_end = (
+        p
+        + 3
+        + max(
+            round(measure.textlength(f"λ={float(lam):+.4g}  p={float(q):.2f}", font=_font()))
+            for lam, q in zip(exp.lambdas[0], exp.preds[0], strict=True)
+        )
+    )
+    for a in arrays:
+        assert a.shape == (HEADER + p + SCRUBBER, 2 * p + BAR_WIDTH)
+        cols = np.flatnonzero(a[:HEADER, label_end:].max(axis=0) > 0)
+        assert cols.size and cols.max() - cols.min() > 80  # more than a 6-letter stub
+
+    text, font = _fit_caption(measure, name, 400)
+    assert text == name
+    text, font = _fit_caption(measure, name, 40)
+    assert text.endswith("…") and measure.textlength(text, font=font) <= 40

@@ -29,18 +29,49 @@ MIN_PANEL = 224
 """Images smaller than this are upscaled by an integer factor (nearest neighbour)."""
 
 
-@lru_cache(maxsize=1)
-def _font() -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+FONT_SIZE = 12
+"""Point size of the header text."""
+MIN_FONT_SIZE = 7
+"""Smallest point size a long target name is shrunk to before it is shortened with "…"."""
+
+
+@lru_cache(maxsize=16)
+def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
     # Matplotlib's bundled DejaVu Sans has "λ"; Pillow's default font does not.
     try:
         from matplotlib import font_manager
 
-        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), 12)
+        return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
     except (ImportError, OSError, ValueError):
         try:
-            return ImageFont.load_default(size=12)
+            return ImageFont.load_default(size=size)
         except (TypeError, OSError):  # Pillow without FreeType: the bitmap default
             return ImageFont.load_default()
+
+
+def _fit_caption(
+    draw: ImageDraw.ImageDraw, text: str, max_width: int
+) -> tuple[str, ImageFont.ImageFont | ImageFont.FreeTypeFont]:
+    """``text`` and a font that make it at most ``max_width`` pixels wide and fit the header.
+
+    The font shrinks from :data:`FONT_SIZE` down to :data:`MIN_FONT_SIZE`; only a name too
+    long even then is shortened, ending in "…".
+    """
+
+    def fits(t: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> bool:
+        left, top, right, bottom = draw.textbbox((0, 0), t, font=font)
+        return right - left <= max_width and bottom <= HEADER - 2
+
+    for size in range(FONT_SIZE, MIN_FONT_SIZE - 1, -1):
+        font = _font(size)
+        if fits(text, font):
+            return text, font
+    font = _font(MIN_FONT_SIZE)
+    for n in range(len(text) - 1, 0, -1):
+        short = text[:n].rstrip() + "…"
+        if fits(short, font):
+            return short, font
+    return "", font
 
 
 def loop_order(n_frames: int) -> list[int]:
@@ -90,6 +121,15 @@ def compose_frames(
     input_panel = up(to_uint8(exp.images[index].mean(0)))
     width = 2 * pw + BAR_WIDTH if side_by_side else pw
     height = HEADER + ph + SCRUBBER
+    frame_labels = [f"λ={lam:+.4g}  p={p:.2f}" for lam, p in zip(lambdas, preds, strict=True)]
+    caption, caption_font, caption_width = "", _font(), 0
+    if labels and side_by_side:
+        # The target name goes right-aligned in the header, after the widest frame label
+        # (over the frame panel and the bar); one font for all frames, shrunk to fit.
+        measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+        label_end = pw + 3 + max(round(measure.textlength(t, font=_font())) for t in frame_labels)
+        caption, caption_font = _fit_caption(measure, name, width - 3 - (label_end + 8))
+        caption_width = round(measure.textlength(caption, font=caption_font))
     out = []
     for k in range(t):
         canvas = Image.new("L", (width, height), 0)
@@ -105,11 +145,9 @@ def compose_frames(
             font = _font()
             if side_by_side:
                 draw.text((3, 2), f"input  p={input_pred:.2f}", fill=255, font=font)
-            draw.text(
-                (x_frame + 3, 2), f"λ={lambdas[k]:+.4g}  p={preds[k]:.2f}", fill=255, font=font
-            )
-            if side_by_side:
-                draw.text((2 * pw + 2, 2), name[:6], fill=200, font=font)
+            draw.text((x_frame + 3, 2), frame_labels[k], fill=255, font=font)
+            if caption:
+                draw.text((width - 3 - caption_width, 2), caption, fill=200, font=caption_font)
         # Position marker: makes consecutive frames distinct even when λ repeats, so the
         # GIF writer never merges them and the frame count stays 2T − 2.
         x0 = round(k * width / t)
