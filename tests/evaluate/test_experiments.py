@@ -149,3 +149,17 @@ def test_ae_impact_and_counterfactuals(tiny, blob_dataset, tmp_path):
     rows = _rows(tmp_path / "cf" / "per_item.csv")
     assert {"valid", "pred_change", "proximity", "realism", "stop_reason"} <= set(rows[0])
     assert (tmp_path / "cf" / "counterfactuals.png").is_file()
+
+
+def test_setup_items_draws_like_select_items_and_names_the_labels_when_empty(
+    tiny, blob_dataset, tmp_path
+):
+    setup = _setup(tiny, blob_dataset, tmp_path, ["grad"], 3)
+    assert setup.items() == select_items(blob_dataset, ["blob"], limit=3, seed=0)
+    assert setup.items(positives=False, need_mask=False, seed_offset=1) == select_items(
+        blob_dataset, ["blob"], limit=3, seed=1, positives=False, need_mask=False
+    )
+    # Negatives have empty masks: an experiment that needs them fails naming the data.
+    assert setup.items(positives=False) == []
+    with pytest.raises(ValueError, match=r"robustness: no negative image.*'blob', 'none'"):
+        setup.items(positives=False, required_by="robustness")

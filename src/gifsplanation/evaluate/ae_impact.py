@@ -17,7 +17,7 @@ import torch
 
 from .._core.adapters import Autoencoder
 from .common import Setup, auc_or_nan
-from .data import load_item, select_items
+from .data import load_item
 from .run import markdown_table, mean_sd, plt_agg
 
 
@@ -27,18 +27,10 @@ def run_ae_impact(setup: Setup) -> dict[str, Any]:
     if setup.autoencoder is None:
         raise ValueError("ae-impact needs an autoencoder")
     run = setup.start("ae-impact")
-    ds, targets = setup.dataset, setup.classifier_targets
+    ds = setup.dataset
     items = []
     for positives in (True, False):
-        items += select_items(
-            ds,
-            targets,
-            limit=setup.limit,
-            seed=setup.seed + (not positives),
-            positives=positives,
-            need_mask=False,
-            targets=setup.targets,
-        )
+        items += setup.items(positives=positives, need_mask=False, seed_offset=int(not positives))
     ae = Autoencoder(setup.autoencoder)
     rows: list[dict[str, Any]] = []
     for item in run.progress(items, "ae-impact"):

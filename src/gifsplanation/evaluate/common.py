@@ -12,7 +12,7 @@ from torch import nn
 
 from .._core.adapters import Classifier
 from ..methods import DEFAULT_METHODS
-from .data import MaskedDataset
+from .data import Item, MaskedDataset, select_items
 from .run import Run, model_record
 
 
@@ -62,6 +62,48 @@ class Setup:
     @property
     def classifier_targets(self) -> list[str]:
         return list(self.adapter.targets or [])
+
+    def items(
+        self,
+        *,
+        positives: bool = True,
+        need_mask: bool = True,
+        seed_offset: int = 0,
+        targets: list[str] | None = None,
+        required_by: str | None = None,
+    ) -> list[Item]:
+        """The images an experiment runs on: up to ``limit`` per target, drawn with
+        ``seed + seed_offset`` (see :func:`~gifsplanation.evaluate.data.select_items`).
+
+        Args:
+            positives: images labelled with the target (``False``: the others).
+            need_mask: keep only images with a non-empty mask.
+            seed_offset: added to :attr:`seed` (a second draw from the same data).
+            targets: restrict to these target names (default :attr:`targets`).
+            required_by: the experiment's name; when given, no item at all is a
+                ``ValueError`` naming the dataset's labels and the classifier's targets.
+
+        Returns:
+            The items, grouped by target in classifier order.
+        """
+        found = select_items(
+            self.dataset,
+            self.classifier_targets,
+            limit=self.limit,
+            seed=self.seed + seed_offset,
+            positives=positives,
+            need_mask=need_mask,
+            targets=self.targets if targets is None else targets,
+        )
+        if not found and required_by is not None:
+            what = "positive" if positives else "negative"
+            mask = " with a non-empty mask" if need_mask else ""
+            raise ValueError(
+                f"{required_by}: no {what} image{mask} for any classifier target; dataset "
+                f"labels {sorted(set(self.dataset.labels))}, classifier targets "
+                f"{self.classifier_targets}"
+            )
+        return found
 
     def start(self, experiment: str, extra: dict[str, Any] | None = None) -> Run:
         """Open the run folder: manifest + cache keyed by everything results depend on."""

@@ -18,7 +18,7 @@ import numpy as np
 from .._core.latent_shift import LatentShift
 from ..metrics import counterfactual_quality
 from .common import Setup
-from .data import load_item, select_items
+from .data import load_item
 from .run import markdown_table, mean_sd, plt_agg
 
 
@@ -41,16 +41,8 @@ def run_counterfactuals(
         else setup.method_options.get("latentshift-max", {})
     )
     run = setup.start("counterfactuals", {"engine_options": opts})
-    ds, targets = setup.dataset, setup.classifier_targets
-    items = select_items(
-        ds,
-        targets,
-        limit=setup.limit,
-        seed=setup.seed,
-        positives=True,
-        need_mask=False,
-        targets=setup.targets,
-    )
+    ds = setup.dataset
+    items = setup.items(need_mask=False)
     engine = LatentShift(setup.classifier, setup.autoencoder, **opts)
     rows: list[dict[str, Any]] = []
     for item in run.progress(items, "counterfactuals"):

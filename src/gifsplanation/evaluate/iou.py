@@ -16,7 +16,7 @@ import numpy as np
 
 from ..metrics import chance_iou, iou_top_p, pointing_game, relevance_mass
 from .common import Setup, auc_or_nan
-from .data import load_item, select_items
+from .data import load_item
 from .maps import build_methods, compute_maps
 from .run import fmt_mean_sd, markdown_table, mean_sd, plt_agg
 
@@ -25,28 +25,12 @@ def run_iou(setup: Setup) -> dict[str, Any]:
     """Run the IoU experiment; write ``per_item.csv``, ``summary.csv``, ``table.md``,
     ``iou.png`` and ``manifest.json`` in ``setup.out``. Returns the summary rows."""
     run = setup.start("iou")
-    ds, targets = setup.dataset, setup.classifier_targets
-    items = select_items(
-        ds,
-        targets,
-        limit=setup.limit,
-        seed=setup.seed,
-        positives=True,
-        need_mask=True,
-        targets=setup.targets,
-    )
-    if not items:
-        raise ValueError(
-            "no positive image with a non-empty mask for any classifier target; "
-            f"dataset labels {sorted(set(ds.labels))}, classifier targets {targets}"
-        )
-    negatives = select_items(
-        ds,
-        targets,
-        limit=setup.limit,
-        seed=setup.seed + 1,
+    ds = setup.dataset
+    items = setup.items(required_by="iou")
+    negatives = setup.items(
         positives=False,
         need_mask=False,
+        seed_offset=1,
         targets=sorted({i.target_name for i in items}),
     )
     methods = build_methods(

@@ -29,7 +29,7 @@ from torch import nn
 
 from ..metrics import iou_top_p, spearman_similarity
 from .common import Setup
-from .data import load_item, select_items
+from .data import load_item
 from .maps import build_methods, compute_maps
 from .run import markdown_table, mean_sd, plt_agg
 
@@ -75,18 +75,8 @@ def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
     """Run the cascading randomisation; write ``per_item.csv``, ``summary.csv``,
     ``table.md``, ``randomization.png`` and ``manifest.json``."""
     run = setup.start("randomization", {"n_steps": n_steps})
-    ds, targets = setup.dataset, setup.classifier_targets
-    items = select_items(
-        ds,
-        targets,
-        limit=setup.limit,
-        seed=setup.seed,
-        positives=True,
-        need_mask=True,
-        targets=setup.targets,
-    )
-    if not items:
-        raise ValueError("no positive image with a mask to run the randomisation test on")
+    ds = setup.dataset
+    items = setup.items(required_by="randomization")
     steps = cascade_steps(setup.classifier, n_steps)
     models: list[tuple[int, list[str], nn.Module]] = [(0, [], setup.classifier)]
     reset: list[str] = []
@@ -97,8 +87,11 @@ def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
     total = len(items) * len(models)
     pairs = [(item, step) for item in items for step in models]
     originals: dict[str, dict[str, np.ndarray]] = {}
+    loaded: tuple[Any, Any, Any] = (None, None, None)
     for item, (k, names, model) in run.progress(pairs, "randomization", total=total):
-        x, mask = load_item(ds, item)
+        if loaded[0] is not item:  # pairs run item by item: read each image once
+            loaded = (item, *load_item(ds, item))
+        _, x, mask = loaded
         probs = setup.predict(x, model)[0]
         finite = bool(np.isfinite(probs).all())
         methods = build_methods(setup.methods, model, setup.autoencoder, setup.method_options)

@@ -18,7 +18,7 @@ from scipy import ndimage
 
 from ..metrics import iou_top_p, spearman_similarity
 from .common import Setup
-from .data import load_item, select_items
+from .data import load_item
 from .maps import build_methods, compute_maps
 from .run import markdown_table, mean_sd, plt_agg
 
@@ -51,18 +51,8 @@ def run_robustness(
     run = setup.start(
         "robustness", {"noise_levels": list(noise_levels), "blur_sigmas": list(blur_sigmas)}
     )
-    ds, targets = setup.dataset, setup.classifier_targets
-    items = select_items(
-        ds,
-        targets,
-        limit=setup.limit,
-        seed=setup.seed,
-        positives=True,
-        need_mask=True,
-        targets=setup.targets,
-    )
-    if not items:
-        raise ValueError("no positive image with a mask to run the robustness test on")
+    ds = setup.dataset
+    items = setup.items(required_by="robustness")
     methods = build_methods(
         setup.methods, setup.classifier, setup.autoencoder, setup.method_options
     )
@@ -74,8 +64,11 @@ def run_robustness(
     rows: list[dict[str, Any]] = []
     pairs = [(item, v) for item in items for v in variants]
     clean: dict[str, dict[str, np.ndarray]] = {}
+    loaded: tuple[Any, Any, Any] = (None, None, None)
     for item, (kind, level) in run.progress(pairs, "robustness"):
-        x, mask = load_item(ds, item)
+        if loaded[0] is not item:  # pairs run item by item: read each image once
+            loaded = (item, *load_item(ds, item))
+        _, x, mask = loaded
         xp = perturb(x, kind, level, seed=setup.seed * 7919 + item.index)
         maps, _, _ = compute_maps(
             methods, xp, item.target, run=run, key=f"{item.key}__{kind}{level:g}"
