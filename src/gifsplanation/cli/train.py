@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -56,13 +56,28 @@ def _channels(text: str) -> list[int]:
     return values
 
 
-def _run(cfg, resume: bool) -> None:
+def _run(kind: str, args: dict[str, Any]) -> None:
+    """Train a ``kind`` model from the command's options ``args`` (its ``locals()``)."""
     from rich.console import Console
     from rich.logging import RichHandler
     from rich.markup import escape
 
-    from ..models.training import train
+    from ..models.training import TrainConfig, train
 
+    args = dict(args)
+    resume = args.pop("resume")
+    cache_dir = args.pop("cache_dir")
+    if "recon_ae" in args:
+        args["recon_autoencoders"] = list(args.pop("recon_ae") or [])
+    cfg = TrainConfig(
+        kind=kind,
+        data=str(args.pop("data")),
+        out=str(args.pop("out")),
+        channels=_channels(args.pop("channels")),
+        time_limit_min=args.pop("time_limit"),
+        cache_dir=str(cache_dir) if cache_dir else None,
+        **args,
+    )
     logging.basicConfig(
         level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
     )
@@ -101,30 +116,7 @@ def autoencoder(
 
     The latent side is size / 2^len(channels): 4 widths give 14x14 at 224, 5 give 7x7.
     """
-    from ..models.training import TrainConfig
-
-    cfg = TrainConfig(
-        kind="autoencoder",
-        data=str(data),
-        out=str(out),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        size=size,
-        val_fraction=val_fraction,
-        channels=_channels(channels),
-        latent_channels=latent_channels,
-        blocks=blocks,
-        augment=augment,
-        threads=threads,
-        time_limit_min=time_limit,
-        max_steps=max_steps,
-        val_limit=val_limit,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        device=device,
-    )
-    _run(cfg, resume)
+    _run("autoencoder", locals())
 
 
 def classifier(
@@ -159,34 +151,9 @@ def classifier(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train a small ResNet-style classifier returning calibrated probabilities."""
-    from ..models.training import TrainConfig
-
     if head not in ("softmax", "sigmoid"):
         raise typer.BadParameter(f"--head {head!r}: choose softmax or sigmoid")
-    cfg = TrainConfig(
-        kind="classifier",
-        data=str(data),
-        out=str(out),
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        seed=seed,
-        size=size,
-        val_fraction=val_fraction,
-        channels=_channels(channels),
-        blocks=blocks,
-        recon_autoencoders=list(recon_ae or []),
-        recon_prob=recon_prob,
-        head=head,
-        augment=augment,
-        threads=threads,  # type: ignore[arg-type]
-        time_limit_min=time_limit,
-        max_steps=max_steps,
-        val_limit=val_limit,
-        cache_dir=str(cache_dir) if cache_dir else None,
-        device=device,
-    )
-    _run(cfg, resume)
+    _run("classifier", locals())
 
 
 train_app.command("autoencoder")(autoencoder)
