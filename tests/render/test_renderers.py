@@ -195,3 +195,15 @@ def test_gif_caption_fits_long_target_names(exp):
     assert text == name
     text, font = _fit_caption(measure, name, 40)
     assert text.endswith("…") and measure.textlength(text, font=font) <= 40
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    # mkstemp creates 0600 files; rendered files must be readable like any other file.
+    import os
+
+    from gifsplanation.render import write_text
+
+    umask = os.umask(0)
+    os.umask(umask)
+    out = write_text(tmp_path / "a.html", "<p>hi</p>")
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask
