@@ -11,10 +11,12 @@ records the command, data, metrics and the file's SHA-256.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,35 +37,37 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder."""
+@contextlib.contextmanager
+def _atomic(path: str | Path) -> Iterator[str]:
+    """A temporary file next to ``path`` (mode 0644) that replaces ``path`` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
-        torch.save(obj, tmp)
+        yield tmp
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def atomic_torch_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` through a temporary file in the same folder."""
+    with _atomic(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def atomic_write_text(text: str, path: str | Path) -> None:
+    """Write UTF-8 ``text`` to ``path`` through a temporary file in the same folder."""
+    with _atomic(path) as tmp:
+        Path(tmp).write_text(text, encoding="utf-8")
 
 
 def atomic_write_json(obj: Any, path: str | Path) -> None:
     """Write ``obj`` as indented JSON to ``path`` through a temporary file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
 
 
 def model_payload(

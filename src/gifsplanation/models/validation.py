@@ -24,7 +24,7 @@ from torch import nn
 
 from ..datasets import MaskedCXRDataset, uint8_to_model
 from ..metrics import iou_top_p
-from .checkpoint import atomic_write_json
+from .checkpoint import atomic_write_json, atomic_write_text
 from .training import classifier_metrics, roc_auc
 
 log = logging.getLogger(__name__)
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     atomic_write_json(result, args.out)
     md = Path(args.out).with_suffix(".md")
-    md.write_text(markdown(result))
+    atomic_write_text(markdown(result), md)
     print(markdown(result))  # noqa: T201 - command-line output
 
 
