@@ -121,3 +121,24 @@ def test_atomic_writes_replace_whole_files_and_leave_no_temporaries(tmp_path):
     assert torch.load(tmp_path / "r.pt", weights_only=True)["x"].sum() == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md", "r.pt"]
     assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())
+
+
+def test_resume_from_a_damaged_last_checkpoint_names_the_file(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match=r"cannot resume .*last\.pt: unreadable"):
+        train(_cfg("classifier", tiny_dataset, out, epochs=1), resume=True)
+
+
+def test_a_damaged_dataset_cache_is_rebuilt(tiny_dataset: Path, tmp_path: Path) -> None:
+    from gifsplanation.models.training import load_split
+
+    cfg = _cfg("classifier", tiny_dataset, tmp_path / "run", cache_dir=str(tmp_path / "c"))
+    _, images, targets = load_split(cfg, "train")
+    (cache,) = (tmp_path / "c").iterdir()
+    cache.write_bytes(b"truncated")
+    _, again, again_targets = load_split(cfg, "train")
+    assert torch.equal(images, again) and torch.equal(targets, again_targets)

@@ -119,8 +119,11 @@ def load_split(
     )
     path = Path(cfg.cache_dir) / f"cxr-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
     if path.is_file():
-        cached = torch.load(path, weights_only=True)
-        return ds, cached["images"], cached["targets"]
+        try:
+            cached = torch.load(path, weights_only=True)
+            return ds, cached["images"], cached["targets"]
+        except Exception as e:  # a damaged cache is rebuilt, never fatal
+            log.warning("rebuilding unreadable dataset cache %s (%s)", path, type(e).__name__)
     images, targets = ds.cached(progress=sys.stderr.isatty())
     atomic_torch_save({"images": images, "targets": targets}, path)
     return ds, images, targets
@@ -323,7 +326,13 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     start_epoch, step = 0, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(last_path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise ValueError(
+                f"cannot resume {last_path}: unreadable ({type(e).__name__}); delete it "
+                "to start over, or resume from a copy"
+            ) from None
         saved = dict(state["train_config"])
         mismatch = {
             k: (saved.get(k), v)
