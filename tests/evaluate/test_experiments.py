@@ -163,3 +163,20 @@ def test_setup_items_draws_like_select_items_and_names_the_labels_when_empty(
     assert setup.items(positives=False) == []
     with pytest.raises(ValueError, match=r"robustness: no negative image.*'blob', 'none'"):
         setup.items(positives=False, required_by="robustness")
+
+
+def test_resumed_iou_reads_only_the_positives(tiny, blob_dataset, tmp_path, monkeypatch):
+    import gifsplanation.evaluate.iou as iou_module
+
+    first = run_iou(_setup(tiny, blob_dataset, tmp_path, ["grad"], 2))
+    read: list[bool] = []
+    real = iou_module.load_item
+
+    def counting(ds, item):
+        read.append(item.positive)
+        return real(ds, item)
+
+    monkeypatch.setattr(iou_module, "load_item", counting)
+    again = run_iou(_setup(tiny, blob_dataset, tmp_path, ["grad"], 2))
+    assert read and all(read)  # masks are needed again; cached negatives are not decoded
+    assert again["summary"] == first["summary"]

@@ -10,9 +10,11 @@ evaluation set; positives alone have no AUC.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..metrics import chance_iou, iou_top_p, pointing_game, relevance_mass
 from .common import Setup, auc_or_nan
@@ -40,7 +42,7 @@ def run_iou(setup: Setup) -> dict[str, Any]:
     scores: dict[str, list[tuple[int, float]]] = {}
     for item in run.progress(items, f"iou: {len(items)} positives × {len(methods)} methods"):
         x, mask = load_item(ds, item)
-        pred = _cached_pred(run, setup, item.key, x)[item.target]
+        pred = _cached_pred(run, setup, item.key, lambda x=x: x)[item.target]
         scores.setdefault(item.target_name, []).append((1, pred))
         maps, secs, _ = compute_maps(methods, x, item.target, run=run, key=item.key)
         for name, m in maps.items():
@@ -59,10 +61,9 @@ def run_iou(setup: Setup) -> dict[str, Any]:
                 }
             )
     for item in run.progress(negatives, f"iou: AUC negatives ({len(negatives)})"):
-        x, _ = load_item(ds, item)
-        scores.setdefault(item.target_name, []).append(
-            (0, _cached_pred(run, setup, item.key + "-neg", x)[item.target])
-        )
+        # Only a cache miss reads the image: a resumed run skips decoding the negatives.
+        probs = _cached_pred(run, setup, item.key + "-neg", lambda i=item: load_item(ds, i)[0])
+        scores.setdefault(item.target_name, []).append((0, probs[item.target]))
 
     summary = summarise(rows, scores, setup.methods)
     run.write_csv("per_item.csv", rows)
@@ -74,10 +75,13 @@ def run_iou(setup: Setup) -> dict[str, Any]:
     return {"summary": summary, "rows": rows, "out": str(setup.out)}
 
 
-def _cached_pred(run: Any, setup: Setup, key: str, x: Any) -> list[float]:
+def _cached_pred(
+    run: Any, setup: Setup, key: str, image: Callable[[], torch.Tensor]
+) -> list[float]:
+    """The classifier's probabilities for one image, from the run's cache or ``image()``."""
     rec = run.get_record(f"{key}__pred")
     if rec is None:
-        rec = {"probs": [float(v) for v in setup.predict(x)[0]]}
+        rec = {"probs": [float(v) for v in setup.predict(image())[0]]}
         run.put_record(f"{key}__pred", rec)
     return rec["probs"]
 
