@@ -84,3 +84,14 @@ def test_evaluate_errors_name_the_fix(tiny_registry, tmp_path):
         ],
     )
     assert res.exit_code != 0 and "unknown methods" in res.output
+
+
+def test_commands_without_methods_record_only_their_own_options(tiny_registry, tmp_path):
+    data = write_blob_dataset(tmp_path / "data", n_per_label=2)
+    out = tmp_path / "ae"
+    args = ["evaluate", "ae-impact", "--data", str(data), "--split", "all", "--size", "32"]
+    result = CliRunner().invoke(app, [*args, "--limit", "1", "--out", str(out), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["args"]["methods"] == []
+    assert not {"methods", "ig_steps", "ls_strategy", "id_iter"} & set(manifest["args"]["cli"])

@@ -87,7 +87,9 @@ def _dataset(data, split, split_seed, xrv, xrv_imgpath, xrv_csvpath, size):
 
 
 def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_needed: bool):
-    """Build the :class:`~gifsplanation.evaluate.Setup` from the shared options."""
+    """Build the :class:`~gifsplanation.evaluate.Setup` from a command's options
+    (``ctx_args``, its ``locals()``); ``methods_needed=False`` for commands without
+    ``--methods``."""
     import torch
     from rich.logging import RichHandler
 
@@ -102,12 +104,12 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
     a = ctx_args
     if a["threads"]:
         torch.set_num_threads(a["threads"])
-    methods = [m.strip() for m in a["methods"].split(",")] if a["methods"] else DEFAULT_METHODS
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise typer.BadParameter(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
-    if not methods_needed:
-        methods = []
+    methods: list[str] = []
+    if methods_needed:
+        methods = [m.strip() for m in a["methods"].split(",")] if a["methods"] else DEFAULT_METHODS
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise typer.BadParameter(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
     need_ae = need_ae or any(m.startswith("latentshift") for m in methods)
     ds = _dataset(
         a["data"],
@@ -119,10 +121,11 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
         a["size"],
     )
     clf, ae = _load_models(a["classifier"], a["autoencoder"], a["device"], need_ae)
-    ls_opts = {"strategy": a["ls_strategy"], "n_frames": a["ls_frames"]}
+    # Commands without an option (ae-impact has no --ls-*) never use the method it sets.
+    ls_opts = {"strategy": a.get("ls_strategy"), "n_frames": a.get("ls_frames")}
     options: dict[str, dict[str, Any]] = {
-        "integrated": {"n_steps": a["ig_steps"]},
-        "iterativedelete": {"n_iter": a["id_iter"]},
+        "integrated": {"n_steps": a.get("ig_steps")},
+        "iterativedelete": {"n_iter": a.get("id_iter")},
         "random": {"seed": a["seed"]},
         **{m: dict(ls_opts) for m in methods if m.startswith("latentshift")},
     }
@@ -297,15 +300,7 @@ def ae_impact(
     """Table K.1: mean f(x) vs f(D(E(x))) for positives and negatives, with AUCs."""
     from ..evaluate import run_ae_impact
 
-    args = {
-        **locals(),
-        "methods": "grad",
-        "ig_steps": 50,
-        "ls_strategy": "fast",
-        "ls_frames": 10,
-        "id_iter": 10,
-    }
-    setup = _guard(_common, "ae-impact", args, True, False)
+    setup = _guard(_common, "ae-impact", locals(), True, False)
     _finish(_guard(run_ae_impact, setup))
 
 
@@ -332,8 +327,7 @@ def counterfactuals(
     """Counterfactual quality: validity, Δp, proximity and realism per target."""
     from ..evaluate import run_counterfactuals
 
-    args = {**locals(), "methods": "grad", "ig_steps": 50, "id_iter": 10}
-    setup = _guard(_common, "counterfactuals", args, True, False)
+    setup = _guard(_common, "counterfactuals", locals(), True, False)
     _finish(_guard(run_counterfactuals, setup))
 
 
