@@ -142,3 +142,19 @@ def test_a_damaged_dataset_cache_is_rebuilt(tiny_dataset: Path, tmp_path: Path) 
     cache.write_bytes(b"truncated")
     _, again, again_targets = load_split(cfg, "train")
     assert torch.equal(images, again) and torch.equal(targets, again_targets)
+
+
+def test_install_weights_checks_the_hash_and_renames_the_sidecar(tmp_path):
+    from gifsplanation.models.checkpoint import install_weights, sidecar_path
+
+    src = tmp_path / "run" / "model.pt"
+    src.parent.mkdir()
+    src.write_bytes(b"weights")
+    sidecar_path(src).write_text(json.dumps({"sha256": sha256_file(src), "name": "run-1"}))
+    side = install_weights(src, tmp_path / "w" / "cxr-ae.pt")
+    assert (tmp_path / "w" / "cxr-ae.pt").read_bytes() == b"weights"
+    assert side["name"] == "cxr-ae" and side["run_name"] == "run-1"
+    assert sorted(p.name for p in (tmp_path / "w").iterdir()) == ["cxr-ae.json", "cxr-ae.pt"]
+    src.write_bytes(b"tampered")
+    with pytest.raises(ValueError, match="model.pt does not match"):
+        install_weights(src, tmp_path / "w" / "x.pt")

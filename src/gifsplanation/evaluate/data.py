@@ -55,12 +55,6 @@ class Item:
     key: str
 
 
-def label_to_target(label: str, classifier_targets: Sequence[str]) -> int | None:
-    """The classifier output named like ``label`` (case-insensitive), or ``None``."""
-    lowered = [t.lower() for t in classifier_targets]
-    return lowered.index(label.lower()) if label.lower() in lowered else None
-
-
 def select_items(
     dataset: MaskedDataset,
     classifier_targets: Sequence[str],

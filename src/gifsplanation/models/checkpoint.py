@@ -134,11 +134,8 @@ def install_weights(src: str | Path, dest: str | Path) -> dict[str, Any]:
     side = json.loads(sidecar_path(src).read_text())
     if sha256_file(src) != side["sha256"]:
         raise ValueError(f"{src} does not match the SHA-256 in {sidecar_path(src)}")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, dest)
+    with _atomic(dest) as tmp:
+        shutil.copyfile(src, tmp)
     side["file"] = dest.name
     side["run_name"] = side.get("name")
     side["name"] = dest.stem
