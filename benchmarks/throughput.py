@@ -76,7 +76,11 @@ def _worker(args: argparse.Namespace) -> None:
     with launch("cpu") as info:
         clf, ae, label = _models(args.tiny, info.device)
         options = ExplainOptions(
-            n_frames=args.frames, images_per_call=args.images_per_call, force=True
+            n_frames=args.frames,
+            images_per_call=args.images_per_call,
+            force=True,
+            mp4=not args.light,
+            flow=not args.light,
         )
         if info.distributed:
             dist.barrier()
@@ -128,6 +132,7 @@ def _measure(mode: str, args: argparse.Namespace, listing: Path, work: Path) -> 
         "--workers",
         str(workers),
         *(["--tiny"] if args.tiny else []),
+        *(["--light"] if args.light else []),
     ]
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
     if mode == "torchrun":
@@ -205,6 +210,7 @@ def main() -> None:
     parser.add_argument("--nproc", type=int, default=2, help="torchrun processes")
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--tiny", action="store_true", help="use the tiny test models")
+    parser.add_argument("--light", action="store_true", help="no MP4 and no flow.png")
     parser.add_argument("--work", type=Path, default=None, help="output folder (default: tmp)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     parser.add_argument("--table", type=Path, help="only re-print the table of a --json file")
@@ -230,7 +236,8 @@ def main() -> None:
         r = _measure(mode, args, listing, work)
         print(json.dumps(r), flush=True)
         results.append(r)
-    print(f"\nmodels: {results[0]['models']}; {args.frames} frames; full outputs\n")
+    outputs = "GIF, map, curve, report (--light)" if args.light else "full outputs"
+    print(f"\nmodels: {results[0]['models']}; {args.frames} frames; {outputs}\n")
     print(_table(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")

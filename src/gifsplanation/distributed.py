@@ -488,6 +488,16 @@ def _run(
     _check_same_inputs(files, info)
 
     mine = shard(len(items), info.rank, info.world_size, block=options.images_per_call)
+    idle = info.world_size - -(-len(items) // options.images_per_call)
+    if info.is_main and info.distributed and idle > 0:
+        log.warning(
+            "%d of %d processes get no image: %d images make fewer batches of %d than "
+            "processes; lower --images-per-call to spread them",
+            idle,
+            info.world_size,
+            len(items),
+            options.images_per_call,
+        )
     pending: list[int] = []
     for k in mine:
         done = None if options.force else _finished_targets(runner, items[k])
