@@ -106,6 +106,11 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=10, help="GIF/MP4 frame duration in milliseconds.")
         ] = 100,
         progress: Annotated[bool, typer.Option(help="Show a progress bar (rank 0).")] = True,
+        lower_change: _explain.LowerChange = 0.3,
+        upper_change: _explain.UpperChange = 0.05,
+        threshold_mode: _explain.ThresholdModeOpt = "relative",
+        max_lambda: _explain.MaxLambda = 10000.0,
+        max_image_change: _explain.MaxImageChange = 0.5,
     ) -> None:
         """Explain a dataset, alone or on many processes/GPUs/machines with torchrun."""
         from .. import distributed
@@ -117,6 +122,9 @@ def register(app: typer.Typer) -> None:
         for m in maps:
             _explain._check_choice(m, tuple(HEATMAPS), "--map")
         _explain._check_choice(strategy, STRATEGIES, "--strategy")
+        search = _explain.search_settings(
+            lower_change, upper_change, threshold_mode, max_lambda, max_image_change
+        )
         _explain._check_device(device)
         try:
             files = expand_inputs(images)
@@ -149,6 +157,7 @@ def register(app: typer.Typer) -> None:
                     mp4=mp4,
                     flow=flow,
                     progress=progress,
+                    search=search,
                 )
                 with _explain._warnings_as_log():
                     result = distributed.explain_dataset(

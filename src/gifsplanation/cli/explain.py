@@ -82,6 +82,43 @@ def _setup_logging() -> None:
     log.propagate = False
 
 
+LowerChange = Annotated[
+    float,
+    typer.Option(help="How far the prediction must fall (λ < 0): fraction or absolute."),
+]
+UpperChange = Annotated[
+    float, typer.Option(help="How far it must rise (λ > 0); 0 disables the positive side.")
+]
+ThresholdModeOpt = Annotated[
+    str, typer.Option(help="relative (the paper's text) or absolute (its code).")
+]
+MaxLambda = Annotated[float, typer.Option(help="Cap on |λ| (the paper used 1000).")]
+MaxImageChange = Annotated[
+    float,
+    typer.Option(
+        help="Stop when mean |x_λ − x_0| exceeds this share of the dynamic range; 0 disables."
+    ),
+]
+
+
+def search_settings(
+    lower_change: float,
+    upper_change: float,
+    threshold_mode: str,
+    max_lambda: float,
+    max_image_change: float,
+) -> dict[str, object]:
+    """The λ-search options of ``explain`` and ``batch`` as SearchConfig overrides."""
+    _check_choice(threshold_mode, ("relative", "absolute"), "--threshold-mode")
+    return {
+        "lower_change": lower_change,
+        "upper_change": upper_change or None,
+        "threshold_mode": threshold_mode,
+        "max_lambda": max_lambda,
+        "max_image_change": max_image_change or None,
+    }
+
+
 def _check_choice(value: str, choices: tuple[str, ...], option: str) -> None:
     if value not in choices:
         raise _fail(f"{option} {value!r} is not one of: {', '.join(choices)}", code=2)
@@ -183,28 +220,11 @@ def register(app: typer.Typer) -> None:
             int, typer.Option(min=10, help="GIF/MP4 frame duration in milliseconds.")
         ] = 100,
         progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
-        lower_change: Annotated[
-            float,
-            typer.Option(help="How far the prediction must fall (λ < 0): fraction or absolute."),
-        ] = 0.3,
-        upper_change: Annotated[
-            float,
-            typer.Option(help="How far it must rise (λ > 0); 0 disables the positive side."),
-        ] = 0.05,
-        threshold_mode: Annotated[
-            str,
-            typer.Option(help="relative (the paper's text) or absolute (its code)."),
-        ] = "relative",
-        max_lambda: Annotated[
-            float, typer.Option(help="Cap on |λ| (the paper used 1000).")
-        ] = 10000.0,
-        max_image_change: Annotated[
-            float,
-            typer.Option(
-                help="Stop when mean |x_λ − x_0| exceeds this share of the dynamic "
-                "range; 0 disables."
-            ),
-        ] = 0.5,
+        lower_change: LowerChange = 0.3,
+        upper_change: UpperChange = 0.05,
+        threshold_mode: ThresholdModeOpt = "relative",
+        max_lambda: MaxLambda = 10000.0,
+        max_image_change: MaxImageChange = 0.5,
     ) -> None:
         """Explain images with Latent Shift: GIF, MP4, maps, curve, flow and report per target."""
         from ..io import expand_inputs
@@ -215,15 +235,10 @@ def register(app: typer.Typer) -> None:
         for m in maps:
             _check_choice(m, tuple(HEATMAPS), "--map")
         _check_choice(strategy, STRATEGIES, "--strategy")
-        _check_choice(threshold_mode, ("relative", "absolute"), "--threshold-mode")
+        search = search_settings(
+            lower_change, upper_change, threshold_mode, max_lambda, max_image_change
+        )
         _check_device(device)
-        search = {
-            "lower_change": lower_change,
-            "upper_change": upper_change or None,
-            "threshold_mode": threshold_mode,
-            "max_lambda": max_lambda,
-            "max_image_change": max_image_change or None,
-        }
         try:
             files = expand_inputs(images)
         except (ValueError, OSError) as e:
