@@ -225,7 +225,9 @@ class LatentShift:
             input_preds=input_preds.detach().cpu(),
             targets=target_list,
             target_names=[names[t] if names and t < len(names) else None for t in target_list],
-            bounds=torch.tensor([[lanes[2 * i].lam, lanes[2 * i + 1].lam] for i in range(b)]),
+            bounds=torch.tensor(
+                [[lanes[2 * i].lam, lanes[2 * i + 1].lam] for i in range(b)], dtype=torch.float64
+            ),
             goals=goals,
             stop_reasons=stop_reasons,  # type: ignore[arg-type]
             cost=cost,
