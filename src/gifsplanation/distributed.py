@@ -44,6 +44,8 @@ from .pipeline import (
     _finished,
     _Item,
     _items,
+    _NoProgress,
+    _progress,
     _Runner,
     _target_name,
     slug,
@@ -356,43 +358,6 @@ class _GlobalProgress:
         self.progress.advance(self.task, int(t.item()))
 
 
-class _NoProgress:
-    def __enter__(self) -> _NoProgress:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        return None
-
-    def add_task(self, *args: Any, **kwargs: Any) -> int:
-        return 0
-
-    def advance(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def _progress(enabled: bool) -> Any:
-    if not enabled:
-        return _NoProgress()
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-    )
-
-
 def explain_dataset(
     images: Sequence[str | os.PathLike[str]],
     classifier: Any,
@@ -525,7 +490,7 @@ def _run(
         pin_memory=info.device.startswith("cuda"),
         persistent_workers=False,
     )
-    with _progress(options.progress and info.is_main) as progress:
+    with _progress(options.progress and info.is_main, remaining=True) as progress:
         label = f"images ({info.world_size} processes)" if info.distributed else "images"
         task = progress.add_task(label, total=total, completed=skipped)
         counter = _GlobalProgress(info, progress, task)

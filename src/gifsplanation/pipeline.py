@@ -719,16 +719,26 @@ class _NoProgress:
         return None
 
 
-def _progress(enabled: bool) -> Any:
+def _progress(enabled: bool, remaining: bool = False) -> Any:
+    """A rich progress bar on stderr (with an ETA column if ``remaining``), or a no-op."""
     if not enabled:
         return _NoProgress()
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
 
-    return Progress(
+    columns = [
         TextColumn("[bold]{task.description:>6}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
-    )
+    ]
+    if remaining:
+        columns.append(TimeRemainingColumn())
+    return Progress(*columns, console=Console(stderr=True))
