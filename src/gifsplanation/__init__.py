@@ -16,12 +16,14 @@ Example:
 from ._core.adapters import Autoencoder, Classifier, infer_output_kind, resolve_target
 from ._core.explanation import Cost, Explanation
 from ._core.heatmaps import HEATMAPS, compute_heatmap
-from ._core.latent_shift import LatentShift, sweep_lambdas
+from ._core.latent_shift import FRAME_MODES, LatentShift, sweep_lambdas
+from ._core.ood import OODAssessment, OODGate
 from ._core.search import STRATEGIES, SearchConfig, StopReason, paper_schedule
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "FRAME_MODES",
     "HEATMAPS",
     "STRATEGIES",
     "Autoencoder",
@@ -29,6 +31,8 @@ __all__ = [
     "Cost",
     "Explanation",
     "LatentShift",
+    "OODAssessment",
+    "OODGate",
     "SearchConfig",
     "StopReason",
     "compute_heatmap",

@@ -47,8 +47,8 @@ def test_monotone_curve_reaches_both_goals(strategy):
     pred = sigmoid_curve(scale=40)
     (lo, hi), _ = drive(pred, strategy=strategy)
     assert lo.reason is StopReason.TARGET_REACHED and hi.reason is StopReason.TARGET_REACHED
-    assert pred(lo.lam) <= 0.8 * 0.7 and pred(hi.lam) >= 0.8 * 1.05
-    assert lo.lam < 0 < hi.lam
+    assert pred(lo.bound) <= 0.8 * 0.7 and pred(hi.bound) >= 0.8 * 1.05
+    assert lo.bound < 0 < hi.bound
 
 
 @pytest.mark.parametrize("scale", [0.3, 4.0, 40.0, 300.0])
@@ -62,8 +62,9 @@ def test_strategies_agree_within_the_paper_grid_and_tolerance(scale):
         assert fast.reason is paper.reason is StopReason.TARGET_REACHED
         # The paper's bound is the first grid point past the crossing; the fast bound lies
         # past the crossing too, within the refinement tolerance.
-        prev = grid[grid.index(paper.bound) - 1]
-        assert prev * (1 - config.rtol) <= fast.bound <= paper.bound * (1 + config.rtol)
+        assert (fast.bound > 0) == (paper.bound > 0)  # bounds are signed
+        prev = grid[grid.index(abs(paper.bound)) - 1]
+        assert prev * (1 - config.rtol) <= abs(fast.bound) <= abs(paper.bound) * (1 + config.rtol)
 
 
 def test_fast_search_needs_few_evaluations():
@@ -83,8 +84,8 @@ def test_turn_stops_before_the_goal(strategy):
     (lo, _), _ = drive(pred, strategy=strategy, slope=0.01)
     assert lo.reason is StopReason.TURNED
     assert not lo.reason.reached
-    assert 10 <= lo.bound <= 40
-    assert pred(lo.lam) < 0.8
+    assert -40 <= lo.bound <= -10
+    assert pred(lo.bound) < 0.8
 
 
 @pytest.mark.parametrize("strategy", ["fast", "paper"])
@@ -92,7 +93,7 @@ def test_flat_curve_stops_at_the_cap(strategy):
     config = SearchConfig(max_lambda=200)
     (lo, hi), calls = drive(lambda lam: 0.8, config, strategy, slope=1e-3)
     assert lo.reason is hi.reason is StopReason.LAMBDA_CAP
-    assert lo.lam == -200 and hi.lam == 200
+    assert lo.bound == -200 and hi.bound == 200
     if strategy == "fast":
         assert len(calls) <= 10
 
@@ -103,7 +104,7 @@ def test_image_change_limit_stops_first(strategy):
     pred = sigmoid_curve(scale=100)  # 30% fall needs λ ≈ -114, 5% rise λ ≈ 27
     (lo, hi), _ = drive(pred, config, strategy, change=lambda lam: abs(lam) / 100)
     assert lo.reason is StopReason.IMAGE_CHANGE
-    assert lo.bound <= 50 and lo.bound >= 40  # the last point within the limit
+    assert -50 <= lo.bound <= -40  # the last point within the limit
     assert hi.reason is StopReason.TARGET_REACHED
 
 
@@ -111,7 +112,7 @@ def test_zero_gradient_and_disabled_side():
     config = SearchConfig(upper_change=None)
     (lo, hi), calls = drive(lambda lam: 0.8, config, slope=0.0)
     assert lo.reason is StopReason.NO_GRADIENT and hi.reason is StopReason.DISABLED
-    assert calls == [] and lo.lam == 0 and hi.lam == 0
+    assert calls == [] and lo.bound == 0 and hi.bound == 0
 
 
 def test_absolute_and_relative_goals():

@@ -12,7 +12,8 @@ from typing import Any
 import torch
 
 from .heatmaps import compute_heatmap
-from .search import SearchConfig, StopReason
+from .ood import OODAssessment
+from .search import SETTLED, SearchConfig, StopReason
 
 SIDES = ("lower", "upper")
 
@@ -51,11 +52,14 @@ class Explanation:
 
     Attributes:
         images: the inputs, ``(B, C, H, W)``.
-        frames: the counterfactuals x_λ = D(z + λ·dz), ``(B, T, C, H, W)``, λ ascending.
+        frames: the counterfactuals, ``(B, T, C, H, W)``, λ ascending: x + D(z + λ·dz) −
+            D(z) (``mode="residual"``, clamped to ``pixel_range``) or D(z + λ·dz)
+            (``mode="reconstruction"``).
         lambdas: the λ of each frame, ``(B, T)``; negative removes, positive adds.
         preds: the classifier's probability for the target at each frame, ``(B, T)``.
-        zero_index: position of λ = 0 (the reconstruction) in each sequence, ``(B,)``.
-        input_preds: the probability on the unreconstructed input, ``(B,)``.
+        zero_index: position of λ = 0 in each sequence, ``(B,)`` (that frame is the input
+            in residual mode, the reconstruction in reconstruction mode).
+        input_preds: the probability on the input itself, ``(B,)``.
         targets: the output index explained for each image.
         target_names: their names (``None`` when the classifier has none).
         bounds: the searched (λ_lo, λ_hi) per image, ``(B, 2)``.
@@ -63,6 +67,12 @@ class Explanation:
         stop_reasons: per image, ``{"lower": StopReason, "upper": StopReason}``.
         cost: model calls and time spent.
         strategy, config: how the search was run.
+        mode: ``"residual"`` or ``"reconstruction"``: how the frames were composed.
+        reconstructions: D(E(x)) per image, ``(B, C, H, W)``.
+        operating_points: per image, the probability above which the classifier finds
+            its target, ``(B,)``; below it the target is absent (:attr:`target_present`).
+        ood: the out-of-distribution gate's verdict (``None`` when no gate was used).
+        pixel_range: where residual frames were clamped (``None``: not clamped).
 
     Example:
         >>> from gifsplanation import LatentShift
@@ -87,6 +97,11 @@ class Explanation:
     cost: Cost
     strategy: str
     config: SearchConfig
+    mode: str = "reconstruction"
+    reconstructions: torch.Tensor | None = None
+    operating_points: torch.Tensor | None = None
+    ood: OODAssessment | None = None
+    pixel_range: tuple[float, float] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -98,16 +113,50 @@ class Explanation:
         return self.cost.evaluations
 
     @property
-    def reconstructions(self) -> torch.Tensor:
-        """x_0 = D(E(x)) per image, ``(B, C, H, W)``."""
-        idx = torch.arange(len(self))
-        return self.frames[idx, self.zero_index.cpu()]
-
-    @property
     def initial_preds(self) -> torch.Tensor:
-        """The prediction on the reconstruction (λ = 0), ``(B,)``."""
+        """The prediction at λ = 0, ``(B,)`` (equal to :attr:`input_preds` in residual
+        mode; on the reconstruction in reconstruction mode)."""
         idx = torch.arange(len(self))
         return self.preds[idx, self.zero_index.cpu()]
+
+    @property
+    def target_present(self) -> list[bool]:
+        """Per image, whether the classifier finds its target (input prediction at or
+        above the operating point). When it does not, the frames show what would add it."""
+        if self.operating_points is None:
+            return [True] * len(self)
+        return [
+            float(p) >= float(op)
+            for p, op in zip(self.input_preds, self.operating_points, strict=True)
+        ]
+
+    @property
+    def refused(self) -> list[bool]:
+        """Per image, whether it was refused as out of distribution (not explained)."""
+        return [r["lower"] is StopReason.OUT_OF_DISTRIBUTION for r in self.stop_reasons]
+
+    def notes(self, index: int = 0) -> list[str]:
+        """Plain-language warnings about image ``index``: refused or flagged input, absent
+        target, sides that did not reach their goal. Empty when all went as asked."""
+        out = []
+        reasons = self.stop_reasons[index]
+        name = self.target_names[index] or f"output {self.targets[index]}"
+        if self.ood is not None and self.ood.flagged[index]:
+            verdict = "refused" if self.refused[index] else "explained anyway"
+            out.append(f"input {verdict}: {self.ood.reason(index)}")
+        if self.refused[index]:
+            return out
+        if not self.target_present[index]:
+            out.append(
+                f"the classifier does not find {name} here (p = "
+                f"{float(self.input_preds[index]):.3g} < operating point "
+                f"{float(self.operating_points[index]):.3g}); "  # type: ignore[index]
+                "the frames show what would add it"
+            )
+        for side in SIDES:
+            if reasons[side] not in SETTLED:
+                out.append(f"{side} side: {reasons[side].description}")
+        return out
 
     def reached(self, side: str = "lower") -> list[bool]:
         """Whether ``side`` ("lower" or "upper") reached its goal, per image."""
@@ -151,5 +200,13 @@ class Explanation:
                 "sweep": self.cost.sweep_evaluations[index],
             },
             "strategy": self.strategy,
+            "mode": self.mode,
+            "pixel_range": list(self.pixel_range) if self.pixel_range else None,
+            "operating_point": (
+                None if self.operating_points is None else float(self.operating_points[index])
+            ),
+            "target_present": self.target_present[index],
+            "ood": None if self.ood is None else self.ood.record(index),
+            "notes": self.notes(index),
             "config": asdict(self.config),
         }

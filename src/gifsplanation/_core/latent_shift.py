@@ -1,31 +1,51 @@
 """The Latent Shift engine (Cohen et al., "Gifsplanation via Latent Shift", MIDL 2021).
 
-z = E(x); dz = ∂f_target(D(z))/∂z from one backward pass; counterfactual frames
-x_λ = D(z + λ·dz). The engine searches the λ range on both sides (:mod:`.search`), sweeps
-``n_frames`` frames over it, and returns an :class:`~.explanation.Explanation`. Every
-decoder+classifier evaluation is cached per (image, λ) and reused, evaluated in batches of
-``batch_size`` under ``torch.no_grad()``, and counted.
+z₀ = E(x); dz = ∂f_target/∂z at z₀ from one backward pass; counterfactual frames come from
+shifted latents z₀ + λ·dz. Two frame modes:
+
+* ``"residual"`` (default): x_λ = x + D(z₀ + λ·dz) − D(z₀), clamped to the valid pixel
+  range. The frames are the real image plus the decoded change, so they stay as sharp as
+  the input and λ = 0 *is* the input; dz is the classifier's gradient at the real image,
+  pulled back through the decoder (∂f(x + D(z) − D(z₀))/∂z at z₀).
+* ``"reconstruction"``: x_λ = D(z₀ + λ·dz), the paper's frames (λ = 0 is the
+  autoencoder's reconstruction, which the classifier may read differently from x).
+
+The engine reads like the paper: :meth:`LatentShift.explain` runs the gradient pass
+(:func:`gradient_pass`), builds a batched, cached :class:`FrameEvaluator`, searches the λ
+range on both sides (:mod:`.search`), sweeps ``n_frames`` frames over it
+(:func:`sweep_lambdas`, reusing every evaluation) and assembles an
+:class:`~.explanation.Explanation`. Every decoder+classifier evaluation is made once per
+(image, λ), in batches of ``batch_size`` under ``torch.no_grad()``, and counted. The
+engine never logs per-image outcomes: they are in ``Explanation.stop_reasons``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import replace
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from .adapters import Autoencoder, Classifier, OutputKind, check_images, model_device
 from .explanation import Cost, Explanation
-from .search import STRATEGIES, Lane, SearchConfig, StopReason, Strategy, run_search
-
-log = logging.getLogger("gifsplanation")
+from .ood import OODAssessment, OODGate, autoencoder_gate
+from .search import STRATEGIES, Lane, SearchConfig, Strategy, run_search
 
 TargetArg = int | str | Sequence[int | str] | None
+FrameMode = Literal["residual", "reconstruction"]
+FRAME_MODES: tuple[str, ...] = ("residual", "reconstruction")
+OODPolicy = Literal["refuse", "warn", "off"]
+OOD_POLICIES: tuple[str, ...] = ("refuse", "warn", "off")
+
+PIXEL_RANGE = (-1024.0, 1024.0)
+"""TorchXRayVision's pixel range, where residual frames are clamped by default."""
+DEFAULT_OPERATING_POINT = 0.5
+"""Probability above which a classifier is taken to "find" a target when it does not say
+(TorchXRayVision's calibrated models put their operating point at 0.5 by construction)."""
 
 
 class LatentShift:
@@ -35,6 +55,8 @@ class LatentShift:
         classifier: any ``nn.Module`` mapping ``(B, C, H, W)`` images to ``(B, n_targets)``.
         autoencoder: any object with ``encode(x) -> z`` and ``decode(z) -> x`` (a
             TorchXRayVision ``ResNetAE`` works as is).
+        mode: ``"residual"`` (default: the input plus the decoded change; sharp, and
+            λ = 0 is the input) or ``"reconstruction"`` (the paper's decoded frames).
         output: ``"probability"`` or ``"logit"``: what the classifier returns. ``None``
             (default) asks the model (``output_kind`` attribute, TorchXRayVision's
             conventions) and raises if it cannot tell. A sigmoid is applied to logits only.
@@ -44,9 +66,24 @@ class LatentShift:
             (the paper's serial schedule, for reproduction and benchmarks).
         n_frames: frames in the sweep, including λ = 0 (default 10).
         batch_size: images per decoder+classifier call (default 16).
+        pixel_range: residual frames are clamped to this ``(low, high)`` (default
+            TorchXRayVision's [−1024, 1024]); ``None`` leaves them unclamped. The maps and
+            predictions use the clamped frames. Reconstruction frames are never clamped.
+        operating_points: per output, the probability above which the classifier finds
+            the target; default the classifier's ``operating_points`` attribute, else 0.5.
+            Below it, the target is reported absent and the upper side aims at the
+            operating point ("what would make the classifier find it").
+        ood: what to do with inputs the out-of-distribution gate flags (the gate is
+            ``gate``, else the autoencoder's ``ood_gate``; see :mod:`.ood`):
+            ``"refuse"`` (default: no search, both sides stop with
+            ``out_of_distribution``), ``"warn"`` (explain; the verdict is in
+            ``Explanation.ood``) or ``"off"`` (not scored).
+        gate: an :class:`~gifsplanation.OODGate` (default: the autoencoder's own, if it
+            has one; the bundled and TorchXRayVision autoencoders do).
         config: a :class:`SearchConfig`; keyword arguments named like its fields
             (``lower_change=0.3``, ``upper_change=0.05``, ``threshold_mode="relative"``,
-            ``max_lambda=10000``, ``max_image_change=0.5``, ``rtol``, ``ftol``) override it.
+            ``max_lambda=10000``, ``max_image_change=0.5``, ``lambda_range``, ``rtol``,
+            ``ftol``) override it.
 
     Both models are put in eval mode. The engine runs on the device of the inputs; the
     models must already be there.
@@ -56,10 +93,13 @@ class LatentShift:
         >>> from gifsplanation.testing import tiny_models
         >>> clf, ae, data = tiny_models()
         >>> ls = LatentShift(clf, ae)
-        >>> exp = ls.explain(data.positive(1), target="blob")
+        >>> x = data.positive(1)
+        >>> exp = ls.explain(x, target="blob")
         >>> bool(exp.preds[0, 0] < exp.preds[0, -1])  # removing lowers, adding raises
         True
-        >>> ls.attribute(data.positive(1), target=0).shape
+        >>> bool((exp.frames[0, exp.zero_index[0]] == x[0]).all())  # λ = 0 is the input
+        True
+        >>> ls.attribute(x, target=0).shape
         torch.Size([1, 1, 32, 32])
     """
 
@@ -68,11 +108,16 @@ class LatentShift:
         classifier: nn.Module,
         autoencoder: Any,
         *,
+        mode: FrameMode = "residual",
         output: OutputKind | None = None,
         targets: Sequence[str] | None = None,
         strategy: Strategy = "fast",
         n_frames: int = 10,
         batch_size: int = 16,
+        pixel_range: tuple[float, float] | None = PIXEL_RANGE,
+        operating_points: Sequence[float] | None = None,
+        ood: OODPolicy = "refuse",
+        gate: OODGate | None = None,
         config: SearchConfig | None = None,
         **config_overrides: Any,
     ) -> None:
@@ -81,12 +126,25 @@ class LatentShift:
         for m in (classifier, autoencoder):
             if isinstance(m, nn.Module):
                 m.eval()
+        self.mode = check_mode(mode)
         self.strategy = _check_strategy(strategy)
         if n_frames < 3:
             raise ValueError(f"n_frames must be >= 3 (λ_lo, 0, λ_hi), got {n_frames}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if pixel_range is not None and not pixel_range[0] < pixel_range[1]:
+            raise ValueError(f"pixel_range must be (low, high) with low < high, got {pixel_range}")
+        if ood not in OOD_POLICIES:
+            raise ValueError(f"ood must be one of {', '.join(OOD_POLICIES)}, got {ood!r}")
         self.n_frames, self.batch_size = n_frames, batch_size
+        self.pixel_range = pixel_range
+        self.ood_policy: OODPolicy = ood
+        self.gate: OODGate | None = gate if gate is not None else autoencoder_gate(autoencoder)
+        self._operating_points = (
+            list(operating_points)
+            if operating_points is not None
+            else getattr(classifier, "operating_points", None)
+        )
         try:
             self.config = replace(config or SearchConfig(), **config_overrides)
         except TypeError as e:
@@ -95,6 +153,13 @@ class LatentShift:
     @property
     def targets(self) -> list[str] | None:
         return self.classifier.targets
+
+    def operating_point(self, target: int) -> float:
+        """The probability above which the classifier finds output ``target``."""
+        points = self._operating_points
+        if points is not None and 0 <= target < len(points) and points[target] is not None:
+            return float(points[target])
+        return DEFAULT_OPERATING_POINT
 
     # -- public API ---------------------------------------------------------------------
     def explain(
@@ -127,115 +192,79 @@ class LatentShift:
             self._check_device(inputs)
         x = check_images(inputs, channels=self.classifier.in_channels)
         b = x.shape[0]
-        size = tuple(x.shape[-2:])
-        clf, ae = self.classifier, self.autoencoder
 
         with torch.no_grad():
             try:
-                input_out = clf(x)
-                z = ae.encode(x)
+                input_out = self.classifier(x)
             except RuntimeError as e:
                 raise ValueError(
                     f"the models could not process images of shape {tuple(x.shape)} "
-                    f"(first convolution expects {clf.conv_channels} channel(s)): {e}"
+                    f"(first convolution expects {self.classifier.conv_channels} channel(s)): "
+                    f"{e}"
                 ) from e
         tgt = self._resolve_targets(target, b, input_out)
-        rows = torch.arange(b, device=x.device)
-        input_preds = input_out[rows, tgt]
+        input_preds = input_out[torch.arange(b, device=x.device), tgt]
 
-        # One forward+backward yields dz, x_0 and f(x_0).
-        z = z.detach().requires_grad_(True)
-        with torch.enable_grad():
-            x0 = ae.decode(z, size)
-            out = clf.raw(x0)[rows, tgt]
-            (dz,) = torch.autograd.grad(out.sum(), z)
-        z, x0, dz = z.detach(), x0.detach(), dz.detach()
-        if clf.output_kind == "logit":
-            # dp/dz = σ(l)·σ(−l)·dl/dz, computed so that it does not underflow to 0 where
-            # σ(l) rounds to 1 (autograd through the sigmoid would give exactly 0 there).
-            logit = out.detach()
-            p0 = torch.sigmoid(logit)
-            dz = dz * (p0 * torch.sigmoid(-logit)).view(-1, *([1] * (dz.ndim - 1)))
-        else:
-            p0 = out.detach()
-        slopes = dz.flatten(1).pow(2).sum(1)
-        ranges = (x0.flatten(1).amax(1) - x0.flatten(1).amin(1)).clamp_min(1e-12)
+        grad = gradient_pass(self.classifier, self.autoencoder, x, tgt, self.mode)
+        ood: OODAssessment | None = None
+        if self.gate is not None and self.ood_policy != "off":
+            ood = self.gate.assess(x, grad.reconstruction)
+        refused = ood.flagged if ood is not None and self.ood_policy == "refuse" else [False] * b
 
         cost = Cost(search_evaluations=[0] * b, sweep_evaluations=[0] * b, input_evaluations=b)
-        cache: dict[tuple[int, float], tuple[float, float, torch.Tensor]] = {
-            (i, 0.0): (float(p0[i]), 0.0, x0[i]) for i in range(b)
-        }
-        counter = cost.search_evaluations
-
-        def evaluate(requests: list[tuple[int, float]]) -> list[tuple[float, float]]:
-            todo = list(dict.fromkeys(r for r in requests if r not in cache))
-            for start_i in range(0, len(todo), self.batch_size):
-                chunk = todo[start_i : start_i + self.batch_size]
-                idx = torch.tensor([i for i, _ in chunk], device=x.device)
-                lam = torch.tensor([v for _, v in chunk], device=x.device, dtype=z.dtype)
-                zs = z[idx] + lam.view(-1, *([1] * (z.ndim - 1))) * dz[idx]
-                with torch.no_grad():
-                    frames = ae.decode(zs, size)
-                    preds = clf(frames)[torch.arange(len(chunk)), tgt[idx]]
-                    changes = (frames - x0[idx]).abs().flatten(1).mean(1) / ranges[idx]
-                cost.batches += 1
-                for k, key in enumerate(chunk):
-                    cache[key] = (float(preds[k]), float(changes[k]), frames[k])
-                    counter[key[0]] += 1
-            return [cache[r][:2] for r in requests]
-
-        lanes = [
-            Lane(i, side, float(p0[i]), float(slopes[i]), self.config, strategy)
-            for i in range(b)
-            for side in (-1, 1)
-        ]
-        run_search(lanes, evaluate, serial=strategy == "paper")
-
-        # The sweep: evenly spaced frames on each side, reusing every cached evaluation.
-        lambda_rows = [
-            sweep_lambdas(lanes[2 * i].lam, lanes[2 * i + 1].lam, n_frames) for i in range(b)
-        ]
-        counter = cost.sweep_evaluations
-        evaluate([(i, v) for i, row in enumerate(lambda_rows) for v in row])
-        frames = torch.stack(
-            [torch.stack([cache[(i, v)][2] for v in row]) for i, row in enumerate(lambda_rows)]
+        evaluator = FrameEvaluator(
+            self.classifier,
+            self.autoencoder,
+            x,
+            grad,
+            tgt,
+            mode=self.mode,
+            batch_size=self.batch_size,
+            pixel_range=self.pixel_range,
+            cost=cost,
         )
-        preds = torch.tensor([[cache[(i, v)][0] for v in row] for i, row in enumerate(lambda_rows)])
-        lambdas = torch.tensor(lambda_rows, dtype=torch.float64)
-        zero_index = torch.tensor([row.index(0.0) for row in lambda_rows])
-
-        stop_reasons = [
-            {"lower": lanes[2 * i].reason, "upper": lanes[2 * i + 1].reason} for i in range(b)
-        ]
-        goals = torch.tensor(
-            [
-                [_nan_if_none(lanes[2 * i].goal), _nan_if_none(lanes[2 * i + 1].goal)]
-                for i in range(b)
-            ]
+        op = [self.operating_point(int(t)) for t in tgt]
+        present = [float(input_preds[i]) >= op[i] for i in range(b)]
+        lanes = self._lanes(grad, op, present, refused, strategy)
+        run_search(
+            lanes,
+            lambda requests: evaluator.evaluate(requests, phase="search"),
+            serial=strategy == "paper",
         )
+
+        bounds = [(lanes[2 * i].bound, lanes[2 * i + 1].bound) for i in range(b)]
+        lambda_rows = [sweep_lambdas(lo, hi, n_frames) for lo, hi in bounds]
+        evaluator.evaluate([(i, v) for i, row in enumerate(lambda_rows) for v in row], "sweep")
+        cost.seconds = time.perf_counter() - start
+
         names = self.targets
         target_list = [int(t) for t in tgt]
-        cost.seconds = time.perf_counter() - start
-        exp = Explanation(
+        return Explanation(
             images=x,
-            frames=frames,
-            lambdas=lambdas,
-            preds=preds,
-            zero_index=zero_index,
+            frames=evaluator.frames(lambda_rows),
+            lambdas=torch.tensor(lambda_rows, dtype=torch.float64),
+            preds=evaluator.predictions(lambda_rows),
+            zero_index=torch.tensor([row.index(0.0) for row in lambda_rows]),
             input_preds=input_preds.detach().cpu(),
             targets=target_list,
             target_names=[names[t] if names and t < len(names) else None for t in target_list],
-            bounds=torch.tensor(
-                [[lanes[2 * i].lam, lanes[2 * i + 1].lam] for i in range(b)], dtype=torch.float64
+            bounds=torch.tensor(bounds, dtype=torch.float64),
+            goals=torch.tensor(
+                [[_nan_if_none(lanes[2 * i + k].goal) for k in (0, 1)] for i in range(b)]
             ),
-            goals=goals,
-            stop_reasons=stop_reasons,  # type: ignore[arg-type]
+            stop_reasons=[
+                {"lower": lanes[2 * i].reason, "upper": lanes[2 * i + 1].reason}  # type: ignore[misc]
+                for i in range(b)
+            ],
             cost=cost,
             strategy=strategy,
             config=self.config,
+            mode=self.mode,
+            reconstructions=grad.reconstruction.cpu(),
+            operating_points=torch.tensor(op, dtype=torch.float64),
+            ood=ood,
+            pixel_range=self.pixel_range if self.mode == "residual" else None,
         )
-        _log_unreached(exp)
-        return exp
 
     def attribute(
         self,
@@ -253,6 +282,28 @@ class LatentShift:
         return self.explain(inputs, target).heatmap(method)[:, None]
 
     # -- helpers ------------------------------------------------------------------------
+    def _lanes(
+        self,
+        grad: GradientPass,
+        op: list[float],
+        present: list[bool],
+        refused: list[bool],
+        strategy: Strategy,
+    ) -> list[Lane]:
+        lanes = []
+        for i in range(len(op)):
+            p0, slope = float(grad.p0[i]), float(grad.slopes[i])
+            for side in (-1, 1):
+                goal = self.config.goal(p0, side)
+                if side > 0 and goal is not None and not present[i]:
+                    # Absent target: the informative question is what would add it.
+                    goal = max(goal, op[i])
+                lane = Lane(i, side, p0, slope, self.config, strategy, goal=goal)
+                if refused[i]:
+                    lane.finish_out_of_distribution()
+                lanes.append(lane)
+        return lanes
+
     def _check_device(self, x: torch.Tensor) -> None:
         for name, m in (("classifier", self.classifier.model), ("autoencoder", self.autoencoder)):
             dev = model_device(m)
@@ -274,6 +325,157 @@ class LatentShift:
             raise ValueError(f"got {len(targets)} targets for a batch of {b} images")
         idx = [self.classifier.target_index(t, n_out) for t in targets]
         return torch.tensor(idx, device=input_out.device, dtype=torch.long)
+
+
+@dataclass
+class GradientPass:
+    """What one forward+backward pass through decoder and classifier yields.
+
+    Attributes:
+        z: the latents z₀ = E(x), ``(B, ...)``.
+        dz: ∂p/∂z at z₀ (probability space), ``(B, ...)``.
+        reconstruction: D(z₀), ``(B, C, H, W)``.
+        zero_frame: the λ = 0 frame (x in residual mode, D(z₀) in reconstruction mode).
+        p0: the target's probability on the λ = 0 frame, ``(B,)``.
+        slopes: ‖dz‖², the prediction's slope along dz at λ = 0, ``(B,)``.
+    """
+
+    z: torch.Tensor
+    dz: torch.Tensor
+    reconstruction: torch.Tensor
+    zero_frame: torch.Tensor
+    p0: torch.Tensor
+    slopes: torch.Tensor
+
+
+def gradient_pass(
+    classifier: Classifier,
+    autoencoder: Autoencoder,
+    x: torch.Tensor,
+    targets: torch.Tensor,
+    mode: FrameMode,
+) -> GradientPass:
+    """Encode ``x``, decode with autograd on, and take ∂p_target/∂z at z₀.
+
+    In residual mode the classifier sees x + D(z) − D(z₀) (= x in value), so the
+    gradient is the classifier's gradient at the real image pulled back through the
+    decoder. For logit classifiers dp/dz = σ(l)·σ(−l)·dl/dz is formed explicitly so that
+    it does not underflow where σ(l) rounds to 1.
+    """
+    rows = torch.arange(x.shape[0], device=x.device)
+    size = tuple(x.shape[-2:])
+    with torch.no_grad():
+        try:
+            z = autoencoder.encode(x)
+        except RuntimeError as e:
+            raise ValueError(
+                f"the autoencoder could not encode images of shape {tuple(x.shape)}: {e}"
+            ) from e
+    z = z.detach().requires_grad_(True)
+    with torch.enable_grad():
+        recon = autoencoder.decode(z, size)
+        frame = x + (recon - recon.detach()) if mode == "residual" else recon
+        out = classifier.raw(frame)[rows, targets]
+        (dz,) = torch.autograd.grad(out.sum(), z)
+    dz = dz.detach()
+    if classifier.output_kind == "logit":
+        logit = out.detach()
+        p0 = torch.sigmoid(logit)
+        dz = dz * (p0 * torch.sigmoid(-logit)).view(-1, *([1] * (dz.ndim - 1)))
+    else:
+        p0 = out.detach()
+    recon = recon.detach()
+    return GradientPass(
+        z=z.detach(),
+        dz=dz,
+        reconstruction=recon,
+        zero_frame=x if mode == "residual" else recon,
+        p0=p0,
+        slopes=dz.flatten(1).pow(2).sum(1),
+    )
+
+
+class FrameEvaluator:
+    """Decode and classify shifted latents in batches, once per (image, λ), counted.
+
+    ``evaluate(requests, phase)`` takes ``[(image, λ)]`` and returns
+    ``[(prediction, image change)]``; each new (image, λ) costs one decoder+classifier
+    evaluation, counted in ``cost.search_evaluations`` or ``cost.sweep_evaluations`` by
+    ``phase``; known ones come from the cache (λ = 0 comes free from the gradient pass).
+    The image change is mean |x_λ − x_0| over the λ = 0 frame's dynamic range.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        autoencoder: Autoencoder,
+        x: torch.Tensor,
+        grad: GradientPass,
+        targets: torch.Tensor,
+        *,
+        mode: FrameMode,
+        batch_size: int,
+        pixel_range: tuple[float, float] | None,
+        cost: Cost,
+    ) -> None:
+        self.classifier, self.autoencoder = classifier, autoencoder
+        self.x, self.grad, self.targets = x, grad, targets
+        self.mode, self.batch_size, self.pixel_range, self.cost = (
+            mode,
+            batch_size,
+            pixel_range,
+            cost,
+        )
+        flat = grad.zero_frame.flatten(1)
+        self.ranges = (flat.amax(1) - flat.amin(1)).clamp_min(1e-12)
+        self.cache: dict[tuple[int, float], tuple[float, float, torch.Tensor]] = {
+            (i, 0.0): (float(grad.p0[i]), 0.0, grad.zero_frame[i]) for i in range(x.shape[0])
+        }
+
+    def evaluate(
+        self, requests: list[tuple[int, float]], phase: Literal["search", "sweep"]
+    ) -> list[tuple[float, float]]:
+        counter = self.cost.search_evaluations if phase == "search" else self.cost.sweep_evaluations
+        todo = list(dict.fromkeys(r for r in requests if r not in self.cache))
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start : start + self.batch_size]
+            preds, changes, frames = self._evaluate_batch(chunk)
+            self.cost.batches += 1
+            for k, key in enumerate(chunk):
+                self.cache[key] = (float(preds[k]), float(changes[k]), frames[k])
+                counter[key[0]] += 1
+        return [self.cache[r][:2] for r in requests]
+
+    @torch.no_grad()
+    def _evaluate_batch(
+        self, chunk: list[tuple[int, float]]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        g, device = self.grad, self.x.device
+        idx = torch.tensor([i for i, _ in chunk], device=device)
+        lam = torch.tensor([v for _, v in chunk], device=device, dtype=g.z.dtype)
+        zs = g.z[idx] + lam.view(-1, *([1] * (g.z.ndim - 1))) * g.dz[idx]
+        decoded = self.autoencoder.decode(zs, tuple(self.x.shape[-2:]))
+        if self.mode == "residual":
+            frames = self.x[idx] + (decoded - g.reconstruction[idx])
+            if self.pixel_range is not None:
+                frames = frames.clamp(*self.pixel_range)
+        else:
+            frames = decoded
+        preds = self.classifier(frames)[torch.arange(len(chunk), device=device), self.targets[idx]]
+        changes = (frames - g.zero_frame[idx]).abs().flatten(1).mean(1) / self.ranges[idx]
+        return preds, changes, frames
+
+    def frames(self, lambda_rows: list[list[float]]) -> torch.Tensor:
+        """The cached frames of each row of λs, ``(B, T, C, H, W)``."""
+        return torch.stack(
+            [torch.stack([self.cache[(i, v)][2] for v in row]) for i, row in enumerate(lambda_rows)]
+        )
+
+    def predictions(self, lambda_rows: list[list[float]]) -> torch.Tensor:
+        """The cached predictions of each row of λs, ``(B, T)``."""
+        return torch.tensor(
+            [[self.cache[(i, v)][0] for v in row] for i, row in enumerate(lambda_rows)]
+        )
 
 
 def sweep_lambdas(lo: float, hi: float, n_frames: int) -> list[float]:
@@ -304,6 +506,13 @@ def sweep_lambdas(lo: float, hi: float, n_frames: int) -> list[float]:
     return left + [0.0] + right
 
 
+def check_mode(mode: str) -> FrameMode:
+    """``mode`` if it is a frame mode, else a ``ValueError`` naming the choices."""
+    if mode not in FRAME_MODES:
+        raise ValueError(f"unknown frame mode {mode!r}; choose one of {', '.join(FRAME_MODES)}")
+    return mode  # type: ignore[return-value]
+
+
 def _check_strategy(strategy: str) -> Strategy:
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -312,10 +521,3 @@ def _check_strategy(strategy: str) -> Strategy:
 
 def _nan_if_none(v: float | None) -> float:
     return math.nan if v is None else v
-
-
-def _log_unreached(exp: Explanation) -> None:
-    for i, reasons in enumerate(exp.stop_reasons):
-        for side, reason in reasons.items():
-            if reason not in (StopReason.TARGET_REACHED, StopReason.DISABLED):
-                log.warning("image %d, %s side: %s", i, side, reason.description)

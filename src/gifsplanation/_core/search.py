@@ -48,6 +48,8 @@ class StopReason(StrEnum):
     IMAGE_CHANGE = "image_change"
     NO_GRADIENT = "no_gradient"
     DISABLED = "disabled"
+    FIXED_RANGE = "fixed_range"
+    OUT_OF_DISTRIBUTION = "out_of_distribution"
 
     @property
     def reached(self) -> bool:
@@ -65,7 +67,14 @@ _DESCRIPTIONS = {
     StopReason.IMAGE_CHANGE: "target not reached: the image changed more than max_image_change",
     StopReason.NO_GRADIENT: "no counterfactual: the classifier's gradient in latent space is 0",
     StopReason.DISABLED: "this side was not searched",
+    StopReason.FIXED_RANGE: "not searched: the λ range was fixed by the user (lambda_range)",
+    StopReason.OUT_OF_DISTRIBUTION: (
+        "not explained: the image is not like the chest X-rays the autoencoder was built for"
+    ),
 }
+
+SETTLED = (StopReason.TARGET_REACHED, StopReason.DISABLED, StopReason.FIXED_RANGE)
+"""Stop reasons that are not a problem to report (every other one means "goal not reached")."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,9 @@ class SearchConfig:
             ``rtol`` × |λ|.
         ftol: ... or when the prediction at the bound is within ``ftol`` × the requested
             change of its goal.
+        lambda_range: a fixed ``(λ_lo, λ_hi)`` with λ_lo ≤ 0 ≤ λ_hi: no search, the sweep
+            covers exactly this range (the reference code's ``fix_range``); both sides then
+            stop with ``fixed_range``. ``None`` (default) searches.
     """
 
     lower_change: float = 0.3
@@ -100,6 +112,7 @@ class SearchConfig:
     max_image_change: float | None = 0.5
     rtol: float = 0.05
     ftol: float = 0.05
+    lambda_range: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.threshold_mode not in ("relative", "absolute"):
@@ -116,6 +129,13 @@ class SearchConfig:
             raise ValueError(f"max_image_change must be > 0 or None, got {self.max_image_change}")
         if not (0 < self.rtol < 1 and 0 <= self.ftol < 1):
             raise ValueError("rtol must be in (0, 1) and ftol in [0, 1)")
+        if self.lambda_range is not None:
+            lo, hi = (float(v) for v in self.lambda_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and lo <= 0 <= hi):
+                raise ValueError(
+                    f"lambda_range must be (lo, hi) with lo <= 0 <= hi, got {self.lambda_range}"
+                )
+            object.__setattr__(self, "lambda_range", (lo, hi))
 
     def goal(self, p0: float, side: int) -> float | None:
         """The prediction a side aims for, or ``None`` when the side is disabled."""
@@ -150,7 +170,20 @@ class Point:
 
 
 class Lane:
-    """One side of one image: the evaluated points and the decision they imply."""
+    """One side of one image: the evaluated points and the decision they imply.
+
+    Args:
+        image: the image's position in the batch.
+        side: −1 (remove) or +1 (add).
+        p0: the prediction at λ = 0.
+        slope: ‖dz‖², the prediction's slope along dz at λ = 0 (0 means no gradient).
+        config: the search parameters.
+        strategy: ``"fast"`` or ``"paper"``.
+        goal: the prediction this side aims for; default ``config.goal(p0, side)``.
+
+    A lane is finished once :attr:`reason` is set; :attr:`bound` is then the signed λ at
+    which it stopped.
+    """
 
     def __init__(
         self,
@@ -160,15 +193,18 @@ class Lane:
         slope: float,
         config: SearchConfig,
         strategy: Strategy,
+        goal: float | None = None,
     ) -> None:
         self.image, self.side, self.config, self.strategy = image, side, config, strategy
         self.p0, self.slope = p0, slope
-        self.goal = config.goal(p0, side)
+        self.goal = config.goal(p0, side) if goal is None else goal
         self.points: list[Point] = [Point(0.0, p0, 0.0)]
         self.reason: StopReason | None = None
         self.bound = 0.0
         self._schedule = paper_schedule(config.max_lambda) if strategy == "paper" else []
-        if self.goal is None:
+        if config.lambda_range is not None:
+            self.finish_fixed(config.lambda_range[0 if side < 0 else 1])
+        elif self.goal is None:
             self.reason = StopReason.DISABLED
         elif slope <= 0 or not math.isfinite(slope):
             self.reason = StopReason.NO_GRADIENT
@@ -177,14 +213,18 @@ class Lane:
     def done(self) -> bool:
         return self.reason is not None
 
-    @property
-    def lam(self) -> float:
-        """The signed bound λ."""
-        return self.side * self.bound
-
     def observe(self, t: float, pred: float, change: float) -> None:
+        """Record the prediction and image change at |λ| = ``t``."""
         self.points.append(Point(t, pred, change))
         self.points.sort(key=lambda p: p.t)
+
+    def finish_fixed(self, bound: float) -> None:
+        """Finish without searching, at the user's signed ``bound`` (``fixed_range``)."""
+        self.reason, self.bound = StopReason.FIXED_RANGE, float(bound)
+
+    def finish_out_of_distribution(self) -> None:
+        """Finish without searching: the image was refused (bound 0)."""
+        self.reason, self.bound = StopReason.OUT_OF_DISTRIBUTION, 0.0
 
     # -- the shared stopping rule -------------------------------------------------------
     def _reached(self, p: Point) -> bool:
@@ -202,7 +242,7 @@ class Lane:
         """Apply the stopping rule to the evaluated points, outward from t = 0.
 
         Returns (reason, last acceptable point, first offending point or None). A reason of
-        ``None`` means no rule has fired yet.
+        ``None`` means no rule has fired yet. Reads the lane only.
         """
         prev = self.points[0]
         for p in self.points[1:]:
@@ -218,8 +258,9 @@ class Lane:
         return None, prev, None
 
     # -- which point to evaluate next ---------------------------------------------------
-    def propose(self) -> float | None:
-        """The next |λ| to evaluate, or ``None`` once the lane has decided."""
+    def propose_or_finish(self) -> float | None:
+        """The next |λ| to evaluate; or, once the points decide the lane, finish it (set
+        :attr:`reason` and :attr:`bound`) and return ``None``."""
         if self.done:
             return None
         reason, last, offender = self.walk()
@@ -231,9 +272,9 @@ class Lane:
         self.reason = reason
         if reason is StopReason.TARGET_REACHED:
             assert offender is not None
-            self.bound = offender.t
+            self.bound = self.side * offender.t
         else:
-            self.bound = last.t
+            self.bound = self.side * last.t
 
     def _propose_paper(self, reason, last, offender) -> float | None:
         if reason is not None:
@@ -319,12 +360,12 @@ def run_search(
     """
     if serial:
         for lane in lanes:
-            while (t := lane.propose()) is not None:
+            while (t := lane.propose_or_finish()) is not None:
                 ((pred, change),) = evaluate([(lane.image, lane.side * t)])
                 lane.observe(t, pred, change)
         return
     while True:
-        requests = [(lane, t) for lane in lanes if (t := lane.propose()) is not None]
+        requests = [(lane, t) for lane in lanes if (t := lane.propose_or_finish()) is not None]
         if not requests:
             return
         results = evaluate([(lane.image, lane.side * t) for lane, t in requests])
