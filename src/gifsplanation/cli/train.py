@@ -69,6 +69,8 @@ def _run(kind: str, args: dict[str, Any]) -> None:
     cache_dir = args.pop("cache_dir")
     if "recon_ae" in args:
         args["recon_autoencoders"] = list(args.pop("recon_ae") or [])
+    if "output" in args:
+        args["outputs"] = list(args.pop("output") or [])
     cfg = TrainConfig(
         kind=kind,
         data=str(args.pop("data")),
@@ -141,6 +143,13 @@ def classifier(
     head: Annotated[
         str, typer.Option(help="softmax (exclusive targets) or sigmoid (multi-label).")
     ] = "softmax",
+    output: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Sigmoid head: an output NAME=LABEL[|LABEL...], positive for those labels "
+            "(repeatable; default one output per label)."
+        ),
+    ] = None,
     augment: AugOpt = True,
     threads: ThreadsOpt = 0,
     time_limit: TimeOpt = 0.0,

@@ -172,6 +172,9 @@ class CXRClassifier(nn.Module):
         pool: input average-pooling factor (default 2).
         temperature: divides the logits before the softmax/sigmoid; fitted after training
             on held-out data for calibration (default 1).
+        operating_points: per target, the probability above which the classifier "finds"
+            it (chosen on held-out data); default 0.5 for every sigmoid target and
+            ``None`` for a softmax head.
         input_size: the image side the model expects (default 224).
 
     Example:
@@ -192,6 +195,7 @@ class CXRClassifier(nn.Module):
         temperature: float = 1.0,
         dropout: float = 0.2,
         input_size: int = 224,
+        operating_points: list[float] | None = None,
     ) -> None:
         super().__init__()
         if targets is None:
@@ -212,6 +216,9 @@ class CXRClassifier(nn.Module):
             "dropout": float(dropout),
             "input_size": int(input_size),
         }
+        self.operating_points: list[float] | None = None
+        if operating_points is not None:
+            self.set_operating_points(operating_points)
         self.pool = int(pool)
         self.register_buffer("temperature", torch.tensor(float(temperature)))
         layers: list[nn.Module] = [
@@ -241,6 +248,17 @@ class CXRClassifier(nn.Module):
         """Probabilities ``(B, n_targets)`` (softmax or sigmoid of logits / temperature)."""
         z = self.logits(x) / self.temperature
         return torch.softmax(z, dim=1) if self.head == "softmax" else torch.sigmoid(z)
+
+    def set_operating_points(self, points: list[float]) -> None:
+        """Set each target's operating point (kept in ``config``)."""
+        points = [float(p) for p in points]
+        if len(points) != len(self.targets) or not all(0 < p < 1 for p in points):
+            raise ValueError(
+                f"operating_points must be {len(self.targets)} probabilities in (0, 1), "
+                f"got {points}"
+            )
+        self.operating_points = points
+        self.config["operating_points"] = points
 
     def set_temperature(self, t: float) -> None:
         """Set the calibration temperature (kept in ``config`` and the state dict)."""

@@ -64,6 +64,10 @@ class TrainConfig:
         latent_channels: autoencoder bottleneck channels.
         blocks: residual blocks per stage.
         head: classifier output (``"softmax"`` or ``"sigmoid"``).
+        outputs: sigmoid classifiers only: the outputs, each ``"NAME=LABEL[|LABEL...]"``
+            (positive when the image's label is one of those); e.g.
+            ``["COVID-19=COVID-19", "Pneumonia=COVID-19|Non-COVID pneumonia"]``. Empty
+            (default): one output per dataset label.
         augment: apply light augmentation.
         recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
             paths) whose reconstructions D(E(x)) replace a share ``recon_prob`` of the
@@ -93,6 +97,7 @@ class TrainConfig:
     latent_channels: int = 16
     blocks: int = 1
     head: Literal["softmax", "sigmoid"] = "softmax"
+    outputs: list[str] = field(default_factory=list)
     augment: bool = True
     recon_autoencoders: list[str] = field(default_factory=list)
     recon_prob: float = 0.5
@@ -102,6 +107,35 @@ class TrainConfig:
     val_limit: int = 0
     cache_dir: str | None = None
     device: str = "cpu"
+
+
+def output_matrix(cfg: TrainConfig, labels: list[str]) -> tuple[list[str], torch.Tensor]:
+    """Output names and the ``(n_labels, n_outputs)`` 0/1 matrix mapping a dataset label to
+    the outputs it makes positive (the identity when ``cfg.outputs`` is empty).
+
+    Example:
+        >>> cfg = TrainConfig("classifier", "d.csv", "o", head="sigmoid",
+        ...                   outputs=["A=a", "AB=a|b"])
+        >>> names, m = output_matrix(cfg, ["a", "b", "c"])
+        >>> names, m.tolist()
+        (['A', 'AB'], [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
+    """
+    if not cfg.outputs:
+        return list(labels), torch.eye(len(labels))
+    if cfg.head != "sigmoid":
+        raise ValueError("outputs=NAME=LABEL|... needs head='sigmoid' (multi-label)")
+    names, columns = [], []
+    for spec in cfg.outputs:
+        name, sep, rhs = spec.partition("=")
+        parts = [p.strip() for p in rhs.split("|") if p.strip()]
+        if not sep or not name.strip() or not parts:
+            raise ValueError(f"output {spec!r}: expected NAME=LABEL[|LABEL...]")
+        unknown = [p for p in parts if p not in labels]
+        if unknown:
+            raise ValueError(f"output {spec!r}: unknown label(s) {unknown}; labels: {labels}")
+        names.append(name.strip())
+        columns.append(torch.tensor([float(lab in parts) for lab in labels]))
+    return names, torch.stack(columns, 1)
 
 
 def load_split(
@@ -171,19 +205,60 @@ def predict(
     return torch.cat(outs)
 
 
-def classifier_metrics(probs: torch.Tensor, targets: torch.Tensor, names: list[str]) -> dict:
-    """Per-target one-vs-rest AUC, accuracy and NLL of class probabilities."""
+def classifier_metrics(
+    probs: torch.Tensor,
+    targets: torch.Tensor,
+    names: list[str],
+    matrix: torch.Tensor | None = None,
+) -> dict:
+    """Per-output AUC, accuracy, NLL and calibration error of predicted probabilities.
+
+    ``targets`` are dataset label indices. Without ``matrix`` the outputs are exclusive
+    classes (softmax: top-label accuracy and ECE); with the ``(n_labels, n_outputs)``
+    label→output ``matrix`` of a multi-label sigmoid classifier, each output is scored as
+    its own yes/no question (accuracy at 0.5, binary NLL and ECE averaged over outputs).
+    """
     p = probs.numpy()
-    t = targets.numpy()
-    aucs = {n: roc_auc(p[:, i], t == i) for i, n in enumerate(names)}
-    nll = float(F.nll_loss(torch.log(probs.clamp_min(1e-7)), targets))
+    if matrix is None:
+        t = targets.numpy()
+        aucs = {n: roc_auc(p[:, i], t == i) for i, n in enumerate(names)}
+        return {
+            "auc": aucs,
+            "mean_auc": float(np.nanmean(list(aucs.values()))),
+            "accuracy": float((p.argmax(1) == t).mean()),
+            "nll": float(F.nll_loss(torch.log(probs.clamp_min(1e-7)), targets)),
+            "ece": expected_calibration_error(probs, targets),
+        }
+    y = matrix[targets]
+    aucs = {n: roc_auc(p[:, i], y[:, i].numpy() > 0.5) for i, n in enumerate(names)}
+    eces = [
+        expected_calibration_error(torch.stack([1 - probs[:, i], probs[:, i]], 1), y[:, i].long())
+        for i in range(len(names))
+    ]
     return {
         "auc": aucs,
         "mean_auc": float(np.nanmean(list(aucs.values()))),
-        "accuracy": float((p.argmax(1) == t).mean()),
-        "nll": nll,
-        "ece": expected_calibration_error(probs, targets),
+        "accuracy": float(((probs > 0.5).float() == y).float().mean()),
+        "nll": float(F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), y)),
+        "ece": float(np.mean(eces)),
     }
+
+
+def operating_points(probs: torch.Tensor, positives: torch.Tensor) -> list[float]:
+    """Per output, the probability threshold maximising Youden's J (sensitivity +
+    specificity − 1) on held-out data: where the classifier "finds" the target."""
+    from sklearn.metrics import roc_curve
+
+    out = []
+    for i in range(probs.shape[1]):
+        pos = positives[:, i].numpy() > 0.5
+        if pos.all() or not pos.any():
+            out.append(0.5)
+            continue
+        fpr, tpr, thr = roc_curve(pos.astype(int), probs[:, i].numpy())
+        k = int(np.argmax(tpr - fpr))
+        out.append(float(min(max(thr[k], 1e-4), 1 - 1e-4)))
+    return out
 
 
 def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> float:
@@ -199,16 +274,22 @@ def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins:
 
 
 @torch.no_grad()
-def fit_temperature(logits: torch.Tensor, targets: torch.Tensor, head: str) -> float:
-    """Temperature minimising the NLL of held-out logits (grid search on log scale)."""
+def fit_temperature(
+    logits: torch.Tensor, targets: torch.Tensor, head: str, matrix: torch.Tensor | None = None
+) -> float:
+    """Temperature minimising the NLL of held-out logits (grid search on log scale).
+
+    ``matrix`` maps label indices to multi-label outputs (sigmoid head); default one-hot.
+    """
+    if head == "sigmoid":
+        y = matrix[targets] if matrix is not None else F.one_hot(targets, logits.shape[1]).float()
     best_t, best = 1.0, float("inf")
     for t in np.exp(np.linspace(np.log(0.25), np.log(4.0), 81)):
         z = logits / float(t)
         if head == "softmax":
             nll = float(F.cross_entropy(z, targets))
         else:
-            onehot = F.one_hot(targets, logits.shape[1]).float()
-            nll = float(F.binary_cross_entropy_with_logits(z, onehot))
+            nll = float(F.binary_cross_entropy_with_logits(z, y))
         if nll < best:
             best_t, best = float(t), nll
     return best_t
@@ -234,13 +315,15 @@ def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
     raise ValueError(f"kind must be 'autoencoder' or 'classifier', got {cfg.kind!r}")
 
 
-def _loss(cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def _loss(
+    cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, matrix: torch.Tensor
+) -> torch.Tensor:
     if cfg.kind == "autoencoder":
         return elastic_loss(model(x), x)
     logits = model.logits(x)  # type: ignore[operator]
     if cfg.head == "softmax":
         return F.cross_entropy(logits, y)
-    return F.binary_cross_entropy_with_logits(logits, F.one_hot(y, logits.shape[1]).float())
+    return F.binary_cross_entropy_with_logits(logits, matrix.to(y.device)[y])
 
 
 @torch.no_grad()
@@ -250,6 +333,7 @@ def _validate(
     images: torch.Tensor,
     targets: torch.Tensor,
     names: list[str],
+    matrix: torch.Tensor | None = None,
 ) -> dict[str, Any]:
     model.eval()
     if cfg.kind == "autoencoder":
@@ -263,7 +347,7 @@ def _validate(
         mae, mse = abs_err / n, sq_err / n
         return {"mae": mae, "loss": mae / 1024 + mse / 1024**2}
     probs = predict(model, images, device=cfg.device)
-    m = classifier_metrics(probs, targets, names)
+    m = classifier_metrics(probs, targets, names, matrix)
     m["loss"] = m["nll"]
     return m
 
@@ -306,9 +390,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     val_ds, x_val, y_val = load_split(cfg, "val")
     names = train_ds.labels
     log.info("data: %d train, %d val images, labels %s", len(x_train), len(x_val), names)
+    out_names, matrix = output_matrix(cfg, names)
+    multi = matrix if cfg.kind == "classifier" and cfg.head == "sigmoid" else None
 
     torch.manual_seed(cfg.seed)
-    model = build(cfg, names).to(cfg.device)
+    model = build(cfg, out_names).to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(x_train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -337,7 +423,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         mismatch = {
             k: (saved.get(k), v)
             for k, v in asdict(cfg).items()
-            if k in ("kind", "channels", "latent_channels", "blocks", "head", "size", "seed")
+            if k
+            in ("kind", "channels", "latent_channels", "blocks", "head", "outputs", "size", "seed")
             and saved.get(k) != v
         }
         if mismatch:
@@ -361,6 +448,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         "data": {
             "source": str(cfg.data),
             "labels": names,
+            "outputs": out_names if cfg.kind == "classifier" else None,
             "n_train": len(x_train),
             "n_val": len(x_val),
             "train_counts": {n: int((y_train == i).sum()) for i, n in enumerate(names)},
@@ -417,7 +505,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 if cfg.augment:
                     x = augment_batch(x, gen)
                 x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
-                loss = _loss(cfg, model, x, y)
+                loss = _loss(cfg, model, x, y, matrix)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -428,7 +516,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             n_val = cfg.val_limit or len(x_val)
-            metrics = _validate(cfg, model, x_val[:n_val], y_val[:n_val], names)
+            metrics = _validate(cfg, model, x_val[:n_val], y_val[:n_val], out_names, multi)
             seconds = time.time() - t0
             epoch_seconds.append(seconds)
             entry = {
@@ -475,11 +563,16 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     extras: dict[str, torch.Tensor] = {}
     if cfg.kind == "classifier":
         final_logits = _logits(final, x_val, cfg.device)
-        before = classifier_metrics(_probs(final_logits, cfg.head), y_val, names)
-        t = fit_temperature(final_logits, y_val, cfg.head)
+        before = classifier_metrics(_probs(final_logits, cfg.head), y_val, out_names, multi)
+        t = fit_temperature(final_logits, y_val, cfg.head, multi)
         final.set_temperature(t)  # type: ignore[operator]
-        after = classifier_metrics(_probs(final_logits / t, cfg.head), y_val, names)
+        probs = _probs(final_logits / t, cfg.head)
+        after = classifier_metrics(probs, y_val, out_names, multi)
         record["calibration"] = {"temperature": t, "before": before, "after": after}
+        if multi is not None:
+            ops = operating_points(probs, multi[y_val])
+            final.set_operating_points(ops)  # type: ignore[operator]
+            record["operating_points"] = dict(zip(out_names, ops, strict=True))
         record["final_val"] = after
     else:
         record["final_val"] = _validate(cfg, final, x_val, y_val, names)
