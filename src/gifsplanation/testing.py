@@ -1,10 +1,12 @@
 """Tiny models trained in seconds, for tests, doctests and examples.
 
 Random-weight models are poor test subjects (their gradients are ~0), so this module
-trains a small convolutional autoencoder and a classifier on a synthetic task whose answer
-is known: an image is positive when it contains a bright blob, and the blob's disc is the
-ground-truth mask. Images are 1×32×32 in TorchXRayVision's [−1024, 1024] convention.
-Training is seeded and cached per process (``tiny_models()`` returns the same objects).
+provides a small convolutional autoencoder and a classifier trained on a synthetic task
+whose answer is known: an image is positive when it contains a bright blob, and the blob's
+disc is the ground-truth mask. Images are 1×32×32 in TorchXRayVision's [−1024, 1024]
+convention. The seed-0 models ship as weights (``weights/tiny-blob.pt``, 70 KB, written by
+``python -m gifsplanation.testing``), so tests load them instead of training; other seeds
+are trained on first use (a few seconds). ``tiny_models()`` caches per process.
 
 Example:
     >>> from gifsplanation.testing import tiny_models
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -150,17 +153,45 @@ def train_tiny_classifier(data: BlobData, steps: int = 250, seed: int = 0) -> Ti
     return clf.eval()
 
 
-@functools.lru_cache(maxsize=4)
-def tiny_models(seed: int = 0) -> tuple[TinyClassifier, TinyAutoencoder, BlobData]:
-    """Train (once per process and seed) and return ``(classifier, autoencoder, data)``.
+TINY_WEIGHTS = Path(__file__).parent / "weights" / "tiny-blob.pt"
+"""The shipped seed-0 tiny models (state dicts; loaded with ``weights_only=True``)."""
 
-    ``data`` is a fresh :class:`BlobData` with a different seed from the training data.
-    Takes a few seconds on a CPU.
-    """
+
+def train_tiny_models(seed: int = 0) -> tuple[TinyClassifier, TinyAutoencoder]:
+    """Train the tiny classifier and autoencoder for ``seed`` (a few seconds on a CPU)."""
     with torch.random.fork_rng():
         train = BlobData(seed=seed + 1000)
         ae = train_tiny_autoencoder(train, seed=seed)
         clf = train_tiny_classifier(train, seed=seed)
+    return clf, ae
+
+
+def save_tiny_weights(path: Path = TINY_WEIGHTS) -> Path:
+    """Train the seed-0 tiny models and store their state dicts at ``path``."""
+    clf, ae = train_tiny_models(0)
+    torch.save({"classifier": clf.state_dict(), "autoencoder": ae.state_dict()}, path)
+    return path
+
+
+@functools.lru_cache(maxsize=4)
+def tiny_models(seed: int = 0) -> tuple[TinyClassifier, TinyAutoencoder, BlobData]:
+    """Return ``(classifier, autoencoder, data)``, cached per process and seed.
+
+    Seed 0 loads the shipped weights (no training); other seeds train. ``data`` is a
+    fresh :class:`BlobData` with a different seed from the training data.
+    """
+    if seed == 0 and TINY_WEIGHTS.is_file():
+        state = torch.load(TINY_WEIGHTS, map_location="cpu", weights_only=True)
+        clf, ae = TinyClassifier(), TinyAutoencoder()
+        clf.load_state_dict(state["classifier"])
+        ae.load_state_dict(state["autoencoder"])
+        clf.eval(), ae.eval()
+    else:
+        clf, ae = train_tiny_models(seed)
     for p in (*ae.parameters(), *clf.parameters()):
         p.requires_grad_(False)
     return clf, ae, BlobData(seed=seed)
+
+
+if __name__ == "__main__":  # python -m gifsplanation.testing: regenerate the shipped weights
+    print(save_tiny_weights())
