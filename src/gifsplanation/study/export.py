@@ -2,12 +2,19 @@
 case's target, ground truth, prediction, the method shown and the answer's timestamps; or,
 with ``history=True``, one row per submission (every change a reader made).
 
-Files are written atomically (temporary file, then ``os.replace``).
+Files are written atomically (temporary file, then ``os.replace``). Every CSV the study
+writes goes through :func:`write_csv` or :func:`csv_text`, which protect text cells against
+spreadsheet formula injection: a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
+carriage return (a reader's user agent, a name, a path) gets a leading ``'``, so
+spreadsheet programs show it as text instead of running it (``=HYPERLINK(...)``).
+:func:`unescape_cell` undoes it when such a file is read back (CASES.csv from
+``study select``).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,17 +61,58 @@ HISTORY_FIELDS = (
 """Columns of the history export (every submission, oldest first)."""
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make spreadsheet programs read a cell as a formula."""
+
+
+def safe_cell(value: Any) -> Any:
+    """``value`` made safe for a CSV opened in a spreadsheet: text starting with one of
+    :data:`FORMULA_STARTS` gets a leading ``'``; numbers and other text are unchanged.
+
+    Example:
+        >>> safe_cell("=1+1"), safe_cell("-0.5"), safe_cell(-0.5), safe_cell("a=b")
+        ("'=1+1", "'-0.5", -0.5, 'a=b')
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def unescape_cell(text: str) -> str:
+    """Undo :func:`safe_cell` for text read back from one of our CSV files.
+
+    Example:
+        >>> unescape_cell("'=x"), unescape_cell("'quoted'")
+        ('=x', "'quoted'")
+    """
+    if text.startswith("'") and text[1:].startswith(FORMULA_STARTS):
+        return text[1:]
+    return text
+
+
+def _write_rows(f: Any, rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> None:
+    writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows({k: safe_cell(v) for k, v in row.items()} for row in rows)
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], fields: Sequence[str]) -> str:
+    """``rows`` as CSV text with these columns, formula cells neutralised (for downloads)."""
+    buf = io.StringIO()
+    _write_rows(buf, rows, fields)
+    return buf.getvalue()
+
+
 def write_csv(
     path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], fields: Sequence[str]
 ) -> Path:
-    """Write ``rows`` (dicts) to ``path`` as CSV with these columns, atomically."""
+    """Write ``rows`` (dicts) to ``path`` as CSV with these columns, atomically, formula
+    cells neutralised (see :func:`safe_cell`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(fields), extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+        _write_rows(f, rows, fields)
     os.replace(tmp, path)
     return path
 
@@ -105,4 +153,14 @@ def export_answers(
     )
 
 
-__all__ = ["EXPORT_FIELDS", "HISTORY_FIELDS", "answer_table", "export_answers", "write_csv"]
+__all__ = [
+    "EXPORT_FIELDS",
+    "FORMULA_STARTS",
+    "HISTORY_FIELDS",
+    "answer_table",
+    "csv_text",
+    "export_answers",
+    "safe_cell",
+    "unescape_cell",
+    "write_csv",
+]
