@@ -7,6 +7,11 @@ which makes the store safe to share between the web server's worker threads and 
 run at the same time (``study add-reader`` while ``study serve`` is up). Answers are unique
 on (reader, case, round, question): resubmitting replaces the value, and ``answer_history``
 keeps every submission. Ground truth lives here but is never part of a reader's view.
+
+Rounds are strict: round 2 opens for a reader (``rounds_opened``) at their first round-2
+request once round 1 is complete, and from then on their round-1 answers are final. The
+database and its WAL/SHM files hold tokens and ground truth, so they are created with mode
+0600 (owner only); an older, wider database is narrowed when it is opened.
 """
 
 from __future__ import annotations
@@ -16,17 +21,23 @@ import json
 import os
 import secrets
 import sqlite3
+import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .design import LIKERT, METHODS, QUESTIONS, ROUNDS, Slot, make_schedule
 
 DB_NAME = "study.sqlite"
 ASSETS_DIR = "assets"
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+"""The base URL of reader and admin links when neither an option nor the study sets one."""
+PRIVATE_MODE = 0o600
+"""Mode of the database (and, through SQLite, of its WAL and SHM files)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -85,6 +96,27 @@ CREATE TABLE IF NOT EXISTS answer_history (
 );
 """
 
+_ROUNDS_OPENED = """
+CREATE TABLE IF NOT EXISTS rounds_opened (
+    reader_id INTEGER NOT NULL REFERENCES readers(id),
+    round INTEGER NOT NULL CHECK (round IN (1, 2)),
+    opened_at TEXT NOT NULL,
+    PRIMARY KEY (reader_id, round)
+);
+"""
+_SCHEMA += _ROUNDS_OPENED
+
+# schema 1 had no rounds_opened: a reader who already answered in round 2 had opened it
+_MIGRATE_1_TO_2 = (
+    _ROUNDS_OPENED
+    + """
+INSERT OR IGNORE INTO rounds_opened(reader_id, round, opened_at)
+    SELECT reader_id, 2, MIN(answered_at) FROM answer_history WHERE round = 2
+    GROUP BY reader_id;
+UPDATE meta SET value = '2' WHERE key = 'schema_version';
+"""
+)
+
 
 class StudyError(Exception):
     """Base class of the store's refusals; ``status`` is the HTTP status the server uses."""
@@ -102,6 +134,43 @@ class ConflictError(StudyError):
     """A request that is valid but not now (e.g. round 2 before round 1 is finished)."""
 
     status = 409
+
+
+class ClosedError(ConflictError):
+    """A request about a round whose answers are final (the reader started the next one)."""
+
+
+def check_base_url(url: str) -> str:
+    """Validate the base URL of reader/admin links and return it without a trailing ``/``.
+
+    Raises:
+        ValueError: not an ``http(s)://host[:port][/path]`` URL (no query or fragment).
+
+    Example:
+        >>> check_base_url("https://study.example.org/cxr/")
+        'https://study.example.org/cxr'
+    """
+    text = str(url).strip()
+    parts = urlsplit(text)
+    extras = parts.query or parts.fragment or parts.username or parts.password
+    if parts.scheme not in ("http", "https") or not parts.hostname or extras:
+        raise ValueError(
+            f"base URL {url!r} is not of the form http(s)://HOST[:PORT][/PATH] "
+            "(e.g. https://study.example.org or http://10.0.0.5:8000)"
+        )
+    try:
+        parts.port  # noqa: B018 — raises for a malformed port
+    except ValueError as err:
+        raise ValueError(f"base URL {url!r} has an invalid port") from err
+    return text.rstrip("/")
+
+
+def _private(path: Path) -> None:
+    """Narrow an existing file to owner-only access (best effort: not our file, no change)."""
+    with contextlib.suppress(FileNotFoundError, PermissionError):
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(mode & 0o700)
 
 
 def now() -> str:
@@ -171,6 +240,13 @@ class StudyStore:
                 "`gifsplanation study create CASES.csv --out STUDY_DIR`"
             )
         self.assets_dir = (self.root / ASSETS_DIR).resolve()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            _private(self.root / (DB_NAME + suffix))
+        if self.meta().get("schema_version") == "1":
+            with self.connect(write=True) as con:
+                for statement in _MIGRATE_1_TO_2.split(";"):
+                    if statement.strip():
+                        con.execute(statement)
 
     @classmethod
     def init(cls, study_dir: str | os.PathLike[str], admin_token: str | None = None) -> StudyStore:
@@ -190,23 +266,33 @@ class StudyStore:
             )
         (root / ASSETS_DIR).mkdir(parents=True, exist_ok=True)
         tmp = root / (DB_NAME + ".tmp")
-        tmp.unlink(missing_ok=True)
-        con = sqlite3.connect(tmp)
+        try:  # created here, owner-only; SQLite gives its WAL/SHM files the same mode
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_MODE))
+        except FileExistsError:
+            raise FileExistsError(
+                f"{tmp} already exists (left by an interrupted run?); delete it and retry"
+            ) from None
         try:
-            con.executescript(_SCHEMA)
-            con.executemany(
-                "INSERT INTO meta(key, value) VALUES (?, ?)",
-                [
-                    ("schema_version", SCHEMA_VERSION),
-                    ("admin_token", admin_token or secrets.token_urlsafe(24)),
-                    ("created_at", now()),
-                ],
-            )
-            con.commit()
-            con.execute("PRAGMA journal_mode=WAL")
-        finally:
-            con.close()
-        os.replace(tmp, root / DB_NAME)
+            os.chmod(tmp, PRIVATE_MODE)  # whatever the umask
+            con = sqlite3.connect(tmp)
+            try:
+                con.executescript(_SCHEMA)
+                con.executemany(
+                    "INSERT INTO meta(key, value) VALUES (?, ?)",
+                    [
+                        ("schema_version", SCHEMA_VERSION),
+                        ("admin_token", admin_token or secrets.token_urlsafe(24)),
+                        ("created_at", now()),
+                    ],
+                )
+                con.commit()
+                con.execute("PRAGMA journal_mode=WAL")
+            finally:
+                con.close()
+            os.replace(tmp, root / DB_NAME)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # ours: made above with O_EXCL
+            raise
         return cls(root)
 
     # -- connections ---------------------------------------------------------------------
@@ -258,6 +344,17 @@ class StudyStore:
     def is_admin(self, token: str | None) -> bool:
         """Whether ``token`` is the admin token (constant-time comparison)."""
         return bool(token) and secrets.compare_digest(str(token), self.admin_token)
+
+    @property
+    def base_url(self) -> str | None:
+        """The base URL of links stored with the study (``study config --base-url``)."""
+        return self.meta().get("base_url") or None
+
+    def set_base_url(self, url: str) -> str:
+        """Store the base URL of reader/admin links (validated; see :func:`check_base_url`)."""
+        url = check_base_url(url)
+        self.set_meta({"base_url": url})
+        return url
 
     # -- cases ---------------------------------------------------------------------------
 
@@ -423,6 +520,33 @@ class StudyStore:
                 out.setdefault((r["round"], r["case_id"]), {})[r["question"]] = r["value"]
         return out
 
+    def rounds_opened(self, reader_id: int) -> dict[int, str]:
+        """Rounds the reader has opened beyond round 1: ``round → opened_at``."""
+        with self.connect() as con:
+            return _rounds_opened(con, reader_id)
+
+    def open_round(self, reader_id: int) -> int:
+        """The reader's open round: 2 once they started round 2, else 1. Answers of earlier
+        rounds are final, and only the open round's cases and visuals are shown."""
+        return max(self.rounds_opened(reader_id), default=1)
+
+    def start_round(self, reader_id: int, round: int) -> str:
+        """Open ``round`` for the reader (idempotent) and return when it was opened.
+
+        Round 2 opens only when every round-1 case has both answers; from then on the
+        reader's round-1 answers are final.
+
+        Raises:
+            ConflictError: round 1 is not finished.
+            StudyError: a round that does not exist.
+        """
+        if isinstance(round, bool) or round not in ROUNDS:
+            raise StudyError(f"round {round!r} does not exist; use 1 or 2")
+        if round == 1:
+            return ""
+        with self.connect(write=True) as con:
+            return _open_round_2(con, reader_id)
+
     def progress(self, reader_id: int) -> dict[int, tuple[int, int]]:
         """Per round: (cases fully answered, cases in the round)."""
         answers = self.reader_answers(reader_id)
@@ -447,7 +571,8 @@ class StudyStore:
         """Record one answer (replacing an earlier one) and append it to the history.
 
         The method is taken from the reader's schedule, never from the request. Round 2
-        answers are refused until every round-1 case has both answers.
+        answers are refused until every round-1 case has both answers; the first one opens
+        round 2 (as viewing a round-2 case does), which makes the round-1 answers final.
 
         Args:
             reader_id: the reader (already authenticated by the caller).
@@ -465,6 +590,7 @@ class StudyStore:
             StudyError: invalid question/value/round (nothing is stored).
             NotFoundError: the case does not exist or is not in this reader's round.
             ConflictError: round 2 before round 1 is finished.
+            ClosedError: a round-1 answer after the reader opened round 2.
         """
         if question not in QUESTIONS:
             raise StudyError(f"question {question!r} is unknown; use one of {', '.join(QUESTIONS)}")
@@ -485,17 +611,15 @@ class StudyStore:
             ).fetchone()
             if slot is None:
                 raise NotFoundError(f"case {case_public_id!r} is not in your round {round}")
-            if round == 2:
-                missing = con.execute(
-                    "SELECT COUNT(*) FROM assignments a WHERE a.reader_id = ? AND a.round = 1"
-                    " AND (SELECT COUNT(*) FROM answers b WHERE b.reader_id = a.reader_id"
-                    " AND b.round = 1 AND b.case_id = a.case_id) < ?",
-                    (reader_id, len(QUESTIONS)),
-                ).fetchone()[0]
-                if missing:
-                    raise ConflictError(
-                        f"round 2 opens when round 1 is finished ({missing} case(s) left)"
-                    )
+            opened = _rounds_opened(con, reader_id)
+            current = max(opened, default=1)
+            if round < current:
+                raise ClosedError(
+                    f"your round {round} answers are final: you started round {current} "
+                    f"(at {opened[current]}), so they can no longer be changed"
+                )
+            if round > current:
+                _open_round_2(con, reader_id)  # refused while round 1 is unfinished
             key = (reader_id, case["id"], round, question)
             con.execute(
                 "INSERT INTO answers(reader_id, case_id, round, question, value, method,"
@@ -549,6 +673,36 @@ class StudyStore:
             return [dict(r) for r in con.execute(sql)]
 
 
+def _rounds_opened(con: sqlite3.Connection, reader_id: int) -> dict[int, str]:
+    rows = con.execute(
+        "SELECT round, opened_at FROM rounds_opened WHERE reader_id = ?", (reader_id,)
+    ).fetchall()
+    return {int(r["round"]): r["opened_at"] for r in rows}
+
+
+def _open_round_2(con: sqlite3.Connection, reader_id: int) -> str:
+    """Open round 2 inside the caller's write transaction (refused if round 1 is open)."""
+    row = con.execute(
+        "SELECT opened_at FROM rounds_opened WHERE reader_id = ? AND round = 2", (reader_id,)
+    ).fetchone()
+    if row is not None:
+        return row["opened_at"]
+    missing = con.execute(
+        "SELECT COUNT(*) FROM assignments a WHERE a.reader_id = ? AND a.round = 1"
+        " AND (SELECT COUNT(*) FROM answers b WHERE b.reader_id = a.reader_id"
+        " AND b.round = 1 AND b.case_id = a.case_id) < ?",
+        (reader_id, len(QUESTIONS)),
+    ).fetchone()[0]
+    if missing:
+        raise ConflictError(f"round 2 opens when round 1 is finished ({missing} case(s) left)")
+    stamp = now()
+    con.execute(
+        "INSERT INTO rounds_opened(reader_id, round, opened_at) VALUES (?, 2, ?)",
+        (reader_id, stamp),
+    )
+    return stamp
+
+
 def case_group(truth: bool) -> str:
     """``"TP"`` or ``"FP"`` for a predicted-positive case with this ground truth."""
     return "TP" if truth else "FP"
@@ -562,13 +716,17 @@ def reader_link(base_url: str, reader: Reader) -> str:
 __all__ = [
     "ASSETS_DIR",
     "DB_NAME",
+    "DEFAULT_BASE_URL",
     "METHODS",
+    "PRIVATE_MODE",
     "Case",
+    "ClosedError",
     "ConflictError",
     "NotFoundError",
     "Reader",
     "StudyError",
     "StudyStore",
     "case_group",
+    "check_base_url",
     "reader_link",
 ]
