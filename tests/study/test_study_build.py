@@ -71,7 +71,7 @@ def test_select_cases_like_the_paper() -> None:
     assert len({r["image"] for r in chosen}) == len(chosen)
     assert chosen == select_cases(_pool(), per_target=4, fp_share=0.5, threshold=0.6, seed=1)
     quarter = select_cases(_pool(), per_target=4, fp_share=0.25, targets=["B"])
-    assert [r["label"] for r in quarter] == [1, 1, 1, 0]
+    assert sorted(r["label"] for r in quarter) == [0, 1, 1, 1]  # order: shuffled
     with pytest.raises(ValueError, match="fp_share"):
         select_cases(_pool(), fp_share=1.5)
 
@@ -116,7 +116,8 @@ def test_create_study_with_real_methods_and_renderers(tiny, blob_data, tmp_path)
     cases = _write_blob_cases(tmp_path / "in", blob_data, n=3)
     store = create_study(cases, tmp_path / "study", clf, ae, loader=_load32, threshold=None)
     stored = store.cases()
-    assert len(stored) == 3 and [c.truth for c in stored] == [True, False, True]
+    by_source = sorted(stored, key=lambda c: c.source)  # built in a shuffled order
+    assert len(stored) == 3 and [c.truth for c in by_source] == [True, False, True]
     for case in stored:
         assert set(case.assets) == {"image", "grad", "guided", "integrated", "latentshift", "gif"}
         for rel in case.assets.values():
@@ -211,7 +212,8 @@ def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> No
     assert res.exit_code == 0, res.output
     with open(tmp_path / "cases.csv") as f:
         chosen = list(csv.DictReader(f))
-    assert [r["label"] for r in chosen] == ["1", "0"] and chosen[0]["target"] == "blob"
+    assert sorted(r["label"] for r in chosen) == ["0", "1"]
+    assert {r["target"] for r in chosen} == {"blob"}
     assert all(Path(r["image"]).is_file() for r in chosen)
     missing = runner.invoke(app, ["study", "export", str(tmp_path / "nowhere")])
     assert missing.exit_code == 1 and "study create" in missing.output

@@ -6,14 +6,23 @@ probability for the target, the Method A maps (``grad``, ``guided``, ``integrate
 looping GIF of the same explanation, rendered by :mod:`gifsplanation.render`), writes them
 under ``STUDY_DIR/assets/<case id>/`` and records the case in the study's database. Asset
 names carry nothing but the random case id and the kind, so readers cannot infer the ground
-truth from a URL.
+truth from a URL; the cases are built in a seeded random order (seed and order stored in the
+database), so neither file times nor the database's row order follow CASES.csv (which
+often lists true positives first).
+
+The study is built in a hidden ``.<name>.partial`` folder next to the destination that
+holds a marker file; only a folder with that marker is ever deleted (a leftover of an
+interrupted run), anything else with that name is refused.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import os
+import random
+import secrets
 import shutil
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,7 +33,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .store import StudyStore
+from .export import unescape_cell
+from .store import StudyStore, check_base_url
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +42,8 @@ METHOD_A = ("grad", "guided", "integrated")
 METHOD_B = "latentshift-max"
 TRUE_WORDS = {"1", "true", "yes", "y", "positive", "pos", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "negative", "neg", "f"}
+PARTIAL_MARKER = ".gifsplanation-study-partial"
+"""File that ``create_study`` writes inside its own partial folder (and nowhere else)."""
 
 ImageLoader = Callable[[str], torch.Tensor]
 
@@ -78,7 +90,8 @@ def parse_truth(label: str, target: str) -> bool:
 def read_cases(path: str | os.PathLike[str], limit: int | None = None) -> list[CaseSpec]:
     """Read CASES.csv (columns ``image``, ``target``, ``label``; extra columns ignored).
 
-    Relative image paths are taken relative to the CSV's folder.
+    Relative image paths are taken relative to the CSV's folder. A cell that our CSV
+    writers protected against spreadsheet formulas (``'=...``) is read back unprotected.
 
     Raises:
         ValueError: a missing column or an empty file, naming the file.
@@ -95,7 +108,7 @@ def read_cases(path: str | os.PathLike[str], limit: int | None = None) -> list[C
             )
         specs = []
         for row in reader:
-            image = (row[columns["image"]] or "").strip()
+            image = unescape_cell((row[columns["image"]] or "").strip())
             if not image:
                 continue
             image_path = Path(image)
@@ -104,8 +117,8 @@ def read_cases(path: str | os.PathLike[str], limit: int | None = None) -> list[C
             specs.append(
                 CaseSpec(
                     str(image_path),
-                    (row[columns["target"]] or "").strip(),
-                    (row[columns["label"]] or "").strip(),
+                    unescape_cell((row[columns["target"]] or "").strip()),
+                    unescape_cell((row[columns["label"]] or "").strip()),
                 )
             )
             if limit is not None and len(specs) >= limit:
@@ -157,7 +170,7 @@ def render_case_assets(
         >>> clf, ae, data = tiny_models()
         >>> p, files = render_case_assets(data.positive(1), "blob", clf, ae, tempfile.mkdtemp())
         >>> sorted(files)
-        ['grad', 'gif', 'guided', 'image', 'integrated', 'latentshift']
+        ['gif', 'grad', 'guided', 'image', 'integrated', 'latentshift']
     """
     from gifsplanation.methods import get_method
     from gifsplanation.render import save_gif, save_overlay
@@ -206,6 +219,8 @@ def create_study(
     method_options: Mapping[str, Mapping[str, Any]] | None = None,
     gif_options: Mapping[str, Any] | None = None,
     progress: Callable[[int, int, CaseSpec], None] | None = None,
+    seed: int | None = None,
+    base_url: str | None = None,
 ) -> StudyStore:
     """Make a study folder from cases.
 
@@ -213,6 +228,8 @@ def create_study(
         cases: a CASES.csv path (columns image, target, label) or :class:`CaseSpec` list.
         out: the new study folder (refused unless missing or empty). It is built in a
             hidden ``.<name>.partial`` folder next to it and moved in place when complete.
+            A ``.<name>.partial`` folder that this function did not make (no marker file
+            inside) is refused, never deleted.
         classifier: the classifier being audited (its ``targets`` name the targets).
         autoencoder: the autoencoder for Latent Shift.
         loader: ``path -> (1, 1, H, W)`` tensor; default :func:`gifsplanation.io.load_image`
@@ -223,16 +240,28 @@ def create_study(
         meta: extra provenance stored in the database (model names, weights hashes ...).
         method_options: per-method options for :func:`render_case_assets`.
         gif_options: options for the GIF (see :func:`render_case_assets`).
-        progress: called as ``progress(i, n, case)`` before each case.
+        progress: called as ``progress(i, n, case)`` before each case (``i`` counts the
+            cases built so far; the cases come in the shuffled build order).
+        seed: seed of the build order (random by default). Seed and order are stored in
+            the database (``meta``: ``build_seed``, ``build_order`` = the case indices of
+            ``cases`` in the order they were built).
+        base_url: where readers will reach the server, stored with the study for links
+            (see ``gifsplanation study config``).
 
     Returns:
         The study's store (``store.admin_token`` is the admin token).
+
+    Raises:
+        FileExistsError: ``out`` is not empty, or ``.<name>.partial`` exists and was not
+            made by this function.
     """
     specs = read_cases(cases, limit) if isinstance(cases, (str, os.PathLike)) else list(cases)
     if limit is not None:
         specs = specs[:limit]
     if not specs:
         raise ValueError("create_study: no cases given")
+    if base_url is not None:
+        base_url = check_base_url(base_url)
     targets = getattr(classifier, "targets", None)
     if targets:
         unknown = sorted({s.target for s in specs} - set(targets))
@@ -255,18 +284,33 @@ def create_study(
     # build next to the destination and move it in place at the end, so a failed run
     # leaves no half-made study behind
     partial = final.parent / f".{final.name}.partial"
-    if partial.exists():
-        shutil.rmtree(partial)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _claim_partial(partial)
+    # cases are built (files written, rows inserted) in a random order: file times and
+    # row ids must not follow CASES.csv, where true positives often come first
+    seed = secrets.randbelow(2**31) if seed is None else int(seed)
+    order = list(range(len(specs)))
+    random.Random(seed).shuffle(order)
     try:
         store = StudyStore.init(partial)
-        store.set_meta(
-            {"threshold": "" if threshold is None else str(threshold), "cases": str(len(specs))}
-            | dict(meta or {})
-        )
-        for i, spec in enumerate(specs):
+        settings = {
+            "threshold": "" if threshold is None else str(threshold),
+            "cases": str(len(specs)),
+            "build_seed": str(seed),
+            "build_order": json.dumps(order),
+        }
+        if base_url is not None:
+            settings["base_url"] = base_url
+        store.set_meta(settings | dict(meta or {}))
+        used: set[str] = set()
+        for step, index in enumerate(order):
+            spec = specs[index]
             if progress is not None:
-                progress(i, len(specs), spec)
+                progress(step, len(specs), spec)
             public_id = os.urandom(4).hex()
+            while public_id in used:  # a 1-in-4-billion collision would mix two cases' files
+                public_id = os.urandom(4).hex()
+            used.add(public_id)
             try:
                 image = loader(spec.image)
                 p, files = render_case_assets(
@@ -280,13 +324,13 @@ def create_study(
                 )
             except Exception as err:
                 raise RuntimeError(
-                    f"case {i + 1} ({spec.image}, target {spec.target}): {err}"
+                    f"case {index + 1} ({spec.image}, target {spec.target}): {err}"
                 ) from err
             if threshold is not None and p <= threshold:
                 log.warning(
                     "case %d (%s): p(%s) = %.2f is not above %.2f; the paper's cases are all "
                     "predicted positives",
-                    i + 1,
+                    index + 1,
                     spec.image,
                     spec.target,
                     p,
@@ -301,18 +345,38 @@ def create_study(
                 {kind: f"{public_id}/{name}" for kind, name in files.items()},
                 public_id=public_id,
             )
+        (partial / PARTIAL_MARKER).unlink()
+        if final.exists():
+            final.rmdir()  # empty, checked above
+        os.replace(partial, final)
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        shutil.rmtree(partial, ignore_errors=True)  # made (and marked) by this run
         raise
-    if final.exists():
-        final.rmdir()  # empty, checked above
-    os.replace(partial, final)
     return StudyStore(final)
+
+
+def _claim_partial(partial: Path) -> None:
+    """Make ``partial`` with our marker inside; remove a marked leftover of an earlier run,
+    refuse (never delete) a folder or file of that name that we did not make."""
+    if partial.is_symlink() or partial.exists():
+        if partial.is_symlink() or not (partial / PARTIAL_MARKER).is_file():
+            raise FileExistsError(
+                f"{partial} exists and was not made by `study create`; move or delete it "
+                "yourself, or choose another --out"
+            )
+        log.warning("removing %s, left by an interrupted `study create`", partial)
+        shutil.rmtree(partial)
+    partial.mkdir(mode=0o700)  # fails if someone made it meanwhile: then it is not ours
+    (partial / PARTIAL_MARKER).write_text(
+        "made by gifsplanation `study create`; deleted when the study is complete\n",
+        encoding="utf-8",
+    )
 
 
 __all__ = [
     "METHOD_A",
     "METHOD_B",
+    "PARTIAL_MARKER",
     "CaseSpec",
     "create_study",
     "parse_truth",

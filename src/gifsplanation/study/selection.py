@@ -5,7 +5,9 @@ The paper (§4.6, Appendix F) used, per target, 10 true and 10 false positives w
 prediction > 0.6, from one classifier. :func:`candidates` turns a list of labelled images
 and the classifier's probabilities into (image, target) candidates; :func:`select_cases`
 draws, for every target, ``per_target`` predicted positives of which ``round(per_target ×
-fp_share)`` are false positives, seeded, each image used at most once by default.
+fp_share)`` are false positives, seeded, each image used at most once by default, and
+returns them in a seeded random order: a list grouped by target and ground truth would
+hand its order on to everything built from it (file times, row ids) and leak the answer.
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ def select_cases(
     targets: Sequence[str] | None = None,
     seed: int = 0,
     unique_images: bool = True,
+    shuffle: bool = True,
 ) -> list[dict[str, Any]]:
     """Choose study cases among candidates.
 
@@ -89,18 +92,20 @@ def select_cases(
         fp_share: the share of false positives per target, in [0, 1] (paper: 0.5).
         threshold: only predictions strictly above it count (paper: 0.6).
         targets: targets to use (default: every target among the rows, sorted).
-        seed: seed of the random draw.
+        seed: seed of the random draw and of the output order.
         unique_images: use each image at most once (default True).
+        shuffle: return the rows in a seeded random order (default True); ``False``
+            groups them by target, true positives first (never hand that order to readers).
 
     Returns:
-        The chosen rows (copies), grouped by target, true positives first. When a target
-        has too few candidates of a kind, all of them are used and a warning is logged.
+        The chosen rows (copies). When a target has too few candidates of a kind, all of
+        them are used and a warning is logged.
 
     Example:
         >>> rows = [{"image": f"{i}.png", "target": "t", "label": i % 2, "prediction": 0.9}
         ...         for i in range(10)]
-        >>> [r["label"] for r in select_cases(rows, per_target=4, fp_share=0.25)]
-        [1, 1, 1, 0]
+        >>> sorted(r["label"] for r in select_cases(rows, per_target=4, fp_share=0.25))
+        [0, 1, 1, 1]
     """
     if not 0.0 <= fp_share <= 1.0:
         raise ValueError(f"fp_share must be in [0, 1], got {fp_share}")
@@ -138,6 +143,8 @@ def select_cases(
                     wanted,
                 )
             out.extend(picked)
+    if shuffle:
+        rng.shuffle(out)
     return out
 
 
