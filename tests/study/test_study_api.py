@@ -166,7 +166,10 @@ def test_assets_only_from_the_study_asset_folder(setup, tmp_path) -> None:
     base = f"/r/{ann.token}/assets/"
     good = client.get(base + "case000/image.png")
     assert good.status_code == 200 and good.headers["content-type"] == "image/png"
-    assert client.get(base + "case000/latentshift.gif").headers["content-type"] == "image/gif"
+    public = {c.id: c.public_id for c in study.cases()}
+    shown_b = next(public[s.case_id] for s in study.schedule(ann.id) if s.method == "B")
+    gif = client.get(base + f"{shown_b}/latentshift.gif")  # Method B in round 1: visible
+    assert gif.headers["content-type"] == "image/gif"
     (study.root / "secret.txt").write_text("nope")
     (study.assets_dir / "unlisted.png").write_bytes(b"x")
     (study.assets_dir / "link.png").symlink_to(study.root / "secret.txt")

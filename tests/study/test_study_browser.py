@@ -154,6 +154,7 @@ def test_reader_goes_through_both_rounds(tmp_path, artifacts) -> None:
 
         page.wait_for_selector("#continue")
         assert "round 2, case 1" in page.inner_text("#continue")
+        assert "once you open round 2 they are final" in page.inner_text("#final-note")
         page.keyboard.press("Enter")
         for position in range(4):
             page.wait_for_url(f"**/case/2/{position}")
@@ -181,6 +182,8 @@ def test_reader_goes_through_both_rounds(tmp_path, artifacts) -> None:
                 page.keyboard.press("Enter")
         page.wait_for_selector("h1")
         assert "All done" in page.inner_text("h1")
+        assert "Round 1 (answers final)" in page.inner_text("section[data-round='1'] h2")
+        assert page.locator("section[data-round='1'] a").count() == 0  # no way back in
         page.screenshot(path=str(shots / "06-done.png"))
         context.close()
         browser.close()

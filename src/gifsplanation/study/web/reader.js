@@ -1,6 +1,7 @@
 // Reader study client: the list page (/r/<token>) and one case per page
 // (/r/<token>/case/<round>/<position>). Every answer is sent the moment it is given and
-// retried until the server acknowledges it; keys 1-5 answer, Enter goes on.
+// retried until the server acknowledges it; keys 1-5 answer, Enter goes on. Opening a
+// round-2 case makes the reader's round-1 answers final (the server enforces it).
 "use strict";
 
 (function () {
@@ -64,28 +65,39 @@
     try { info = await api("/api/reader"); } catch (err) { showError(err); return; }
     document.getElementById("who").textContent = info.reader;
     const children = [];
+    const status = {};
+    for (const r of info.rounds) status[r.round] = r.status;
     if (info.finished) {
       children.push(el("h1", {}, "All done — thank you!"),
-        el("p", {}, "Every case has both answers. You can still open a case to change an answer."));
+        el("p", {}, "Every case has both answers. You can still change your answers of the last round."));
     } else {
+      const starting = status[info.next.round] === "ready";
       const label = info.next.round === 1 && info.rounds[0].done === 0
-        ? "Start" : "Continue with round " + info.next.round + ", case " + (info.next.position + 1);
+        ? "Start"
+        : (starting ? "Start round " : "Continue with round ") + info.next.round + ", case " + (info.next.position + 1);
       children.push(el("p", {},
         el("button", { class: "primary", id: "continue", onclick: () => go(caseUrl(info.next)) }, label),
         el("span", { class: "hint" }, "  (Enter)")));
+      if (starting) {
+        children.push(el("p", { class: "message", id: "final-note" },
+          "Round " + (info.next.round - 1) + " is complete. You can still review and change its " +
+          "answers now; once you open round " + info.next.round + " they are final."));
+      }
     }
+    const titles = { locked: " (opens when round 1 is finished)", final: " (answers final)",
+                     ready: " (ready: opening it makes round 1 final)" };
     for (const r of info.rounds) {
-      const locked = r.round === 2 && !info.round2_open;
+      const closed = r.status === "locked" || r.status === "final";
       const grid = el("div", { class: "grid" });
       for (const s of r.slots) {
         const state = s.answered >= info.questions ? "done" : (s.answered ? "partial" : "");
-        grid.append(locked
-          ? el("span", { class: "locked" }, s.number)
+        grid.append(closed
+          ? el("span", { class: "locked " + state }, s.number)
           : el("a", { href: caseUrl({ round: r.round, position: s.position }), class: state,
                       title: state || "not answered" }, s.number));
       }
-      children.push(el("section", { class: "round", "data-round": r.round },
-        el("h2", {}, "Round " + r.round + (locked ? " (opens when round 1 is finished)" : "")),
+      children.push(el("section", { class: "round", "data-round": r.round, "data-status": r.status },
+        el("h2", {}, "Round " + r.round + (titles[r.status] || "")),
         el("div", {}, el("progress", { max: r.total, value: r.done }), " ",
           el("span", { class: "count" }, r.done + " / " + r.total + " cases answered")),
         grid));
