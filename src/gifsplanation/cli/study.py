@@ -2,8 +2,10 @@
 
 ``select`` picks cases like the paper, ``create`` builds a study folder (visuals + SQLite),
 ``add-reader`` prints a reader's private link, ``readers`` lists links and progress,
-``serve`` runs the web app, ``export`` writes every answer as CSV and ``analyze`` computes
-the paper's statistics (Markdown + CSV + PNG).
+``config`` stores the study's base URL (where readers reach the server; links are built
+from it, never from a request's Host header), ``serve`` runs the web app, ``export``
+writes every answer as CSV and ``analyze`` computes the paper's statistics (Markdown + CSV
++ PNG).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 console = Console(stderr=True)
@@ -25,10 +28,14 @@ study_app = typer.Typer(
 )
 
 STUDY_DIR = typer.Argument(..., help="The study folder (made by `study create`).")
+BASE_URL_HELP = (
+    "Where readers reach `study serve`, e.g. https://study.example.org (default: the "
+    "study's stored base URL, see `study config`, else http://127.0.0.1:8000)."
+)
 
 
 def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {message}")
+    console.print(f"[red]error:[/red] {escape(message)}")  # paths may hold [brackets]
     return typer.Exit(code=1)
 
 
@@ -40,6 +47,16 @@ def _models(classifier: str | None, autoencoder: str | None, device: str):
     clf = get_classifier(classifier, device=device)
     ae = get_autoencoder(autoencoder, device=device)
     return clf, ae
+
+
+def _base_url(store, option: str | None) -> str:
+    """The links' base URL: the option, else the study's stored one, else the default."""
+    from gifsplanation.study.store import DEFAULT_BASE_URL, check_base_url
+
+    try:
+        return check_base_url(option) if option else (store.base_url or DEFAULT_BASE_URL)
+    except ValueError as err:
+        raise _fail(str(err)) from err
 
 
 def _loader(size: int):
@@ -66,11 +83,12 @@ def select_cmd(
     fp_share: float = typer.Option(0.5, help="Share of false positives per target (paper: 0.5)."),
     threshold: float = typer.Option(0.6, help="Only predictions above this (paper: 0.6)."),
     targets: list[str] = typer.Option(None, "--target", help="Targets to use (default: all)."),
-    seed: int = typer.Option(0, help="Seed of the draw."),
+    seed: int = typer.Option(0, help="Seed of the draw and of the (shuffled) output order."),
     device: str = typer.Option("cpu", help="Torch device."),
 ) -> None:
     """Pick study cases like the paper: predicted positives, a share of them false positives,
-    balanced over targets. Writes CASES.csv (image, target, label, prediction)."""
+    balanced over targets. Writes CASES.csv (image, target, label, prediction) in a seeded
+    random order (never true positives first)."""
     from gifsplanation.study.build import predict_images
     from gifsplanation.study.export import write_csv
     from gifsplanation.study.selection import candidates, select_cases
@@ -120,13 +138,23 @@ def create_cmd(
         True, "--gif-labels/--no-gif-labels", help="Draw λ and the prediction on the GIF."
     ),
     device: str = typer.Option("cpu", help="Torch device."),
+    seed: int | None = typer.Option(
+        None, help="Seed of the (shuffled) build order; random by default, stored either way."
+    ),
+    base_url: str | None = typer.Option(
+        None, help="Where readers will reach `study serve` (stored; see `study config`)."
+    ),
 ) -> None:
     """Compute predictions, Method A maps and Method B map + GIF for every case and store
-    them with a SQLite database in the study folder."""
+    them with a SQLite database in the study folder. Cases are built in a seeded random
+    order (stored), so file times do not follow CASES.csv."""
     from gifsplanation.study.build import create_study, read_cases
+    from gifsplanation.study.store import check_base_url
 
     try:
         specs = read_cases(cases_csv, limit)
+        if base_url is not None:
+            base_url = check_base_url(base_url)
     except ValueError as err:
         raise _fail(str(err)) from err
     clf, ae = _models(classifier, autoencoder, device)
@@ -157,11 +185,16 @@ def create_cmd(
                 meta=meta,
                 gif_options={"labels": gif_labels},
                 progress=progress,
+                seed=seed,
+                base_url=base_url,
             )
         except (FileExistsError, ValueError, RuntimeError) as err:
             raise _fail(str(err)) from err
         bar.update(task, completed=len(specs))
-    console.print(f"study created in {out} with {len(specs)} cases")
+    console.print(
+        f"study created in {out} with {len(specs)} cases "
+        f"(build order seed {store.meta()['build_seed']})"
+    )
     console.print(f"admin token (keep it private): {store.admin_token}")
     console.print(f"next: gifsplanation study add-reader {out} NAME")
 
@@ -170,25 +203,25 @@ def create_cmd(
 def add_reader_cmd(
     study_dir: Path = STUDY_DIR,
     name: str = typer.Argument(..., help="A unique reader name, e.g. reader1."),
-    base_url: str = typer.Option(
-        "http://127.0.0.1:8000", help="Where `study serve` will be reachable."
-    ),
+    base_url: str | None = typer.Option(None, help=BASE_URL_HELP),
     seed: int | None = typer.Option(None, help="Schedule seed (random by default; stored)."),
 ) -> None:
     """Add a reader (their two rounds are scheduled now) and print their private link."""
     from gifsplanation.study.store import StudyError, StudyStore, reader_link
 
     try:
-        reader = StudyStore(study_dir).add_reader(name, seed=seed)
+        store = StudyStore(study_dir)
+        base = _base_url(store, base_url)
+        reader = store.add_reader(name, seed=seed)
     except (FileNotFoundError, StudyError, ValueError) as err:
         raise _fail(str(err)) from err
-    out_console.print(reader_link(base_url, reader), soft_wrap=True)
+    out_console.print(reader_link(base, reader), soft_wrap=True)
 
 
 @study_app.command("readers")
 def readers_cmd(
     study_dir: Path = STUDY_DIR,
-    base_url: str = typer.Option("http://127.0.0.1:8000", help="Where the server is reachable."),
+    base_url: str | None = typer.Option(None, help=BASE_URL_HELP),
 ) -> None:
     """List readers, their private links and progress."""
     from gifsplanation.study.store import StudyStore, reader_link
@@ -197,15 +230,38 @@ def readers_cmd(
         store = StudyStore(study_dir)
     except FileNotFoundError as err:
         raise _fail(str(err)) from err
+    base = _base_url(store, base_url)
     table = Table("reader", "round 1", "round 2", "link")
     for reader in store.readers():
         prog = store.progress(reader.id)
         table.add_row(
             reader.name,
             *(f"{prog.get(r, (0, 0))[0]}/{prog.get(r, (0, 0))[1]}" for r in (1, 2)),
-            reader_link(base_url, reader),
+            reader_link(base, reader),
         )
     out_console.print(table)
+
+
+@study_app.command("config")
+def config_cmd(
+    study_dir: Path = STUDY_DIR,
+    base_url: str | None = typer.Option(
+        None,
+        help="Store where readers reach `study serve` (e.g. https://study.example.org); "
+        "reader and admin links are built from it.",
+    ),
+) -> None:
+    """Show or change the study's settings (the base URL of links)."""
+    from gifsplanation.study.store import DEFAULT_BASE_URL, StudyStore
+
+    try:
+        store = StudyStore(study_dir)
+        if base_url is not None:
+            store.set_base_url(base_url)
+    except (FileNotFoundError, ValueError) as err:
+        raise _fail(str(err)) from err
+    shown = store.base_url or f"{DEFAULT_BASE_URL} (default; not set)"
+    out_console.print(f"base URL: {shown}", soft_wrap=True)
 
 
 @study_app.command("serve")
@@ -213,22 +269,28 @@ def serve_cmd(
     study_dir: Path = STUDY_DIR,
     host: str = typer.Option("127.0.0.1", help="Interface to listen on."),
     port: int = typer.Option(8000, help="Port to listen on."),
+    base_url: str | None = typer.Option(
+        None,
+        help="Where readers reach this server, for the links the admin API returns "
+        "(default: the study's stored base URL, else http://127.0.0.1:PORT).",
+    ),
 ) -> None:
     """Serve the reader study (FastAPI + uvicorn, SQLite in WAL mode)."""
     import uvicorn
 
     from gifsplanation.study.server import create_app
-    from gifsplanation.study.store import StudyStore
+    from gifsplanation.study.store import StudyStore, check_base_url
 
     try:
         store = StudyStore(study_dir)
-    except FileNotFoundError as err:
+        base = check_base_url(base_url or store.base_url or f"http://127.0.0.1:{port}")
+    except (FileNotFoundError, ValueError) as err:
         raise _fail(str(err)) from err
     console.print(
         f"serving {study_dir} on http://{host}:{port} — {len(store.readers())} reader(s); "
-        f"links: gifsplanation study readers {study_dir} --base-url http://{host}:{port}"
+        f"links: {base}/r/... (gifsplanation study readers {study_dir} --base-url {base})"
     )
-    uvicorn.run(create_app(study_dir), host=host, port=port, log_level="warning")
+    uvicorn.run(create_app(study_dir, base_url=base), host=host, port=port, log_level="warning")
 
 
 @study_app.command("export")
