@@ -69,6 +69,39 @@ def make_study(root: Path, n_per_cell: int = 2, admin_token: str | None = None) 
     return store
 
 
+def fake_render_case_assets(clock: list[float], step_seconds: float = 14.0):
+    """A stand-in for ``build.render_case_assets`` that writes generated assets at once and
+    dates them like a real build (``step_seconds`` of rendering per case, from ``clock[0]``),
+    so file times follow the build order as they do on a real machine."""
+
+    def render(image, target, classifier, autoencoder, out_dir, **_: object):
+        out = Path(out_dir)
+        files = make_assets(out, seed=len(clock))
+        clock.append(clock[-1] + step_seconds)
+        for rel in files.values():
+            os.utime(out.parent / rel, (clock[-1], clock[-1]))
+        return 0.9, {kind: rel.split("/", 1)[1] for kind, rel in files.items()}
+
+    return render
+
+
+class TargetsOnly:
+    """A classifier stand-in for ``create_study`` with a fake renderer (only ``targets``)."""
+
+    targets = TARGETS
+
+
+def write_cases_csv(path: Path, n_per_group: int = 12) -> Path:
+    """A CASES.csv as `study select` used to write it: every true positive first, then
+    every false positive (half COVID-19, half Normal targets)."""
+    rows = ["image,target,label"]
+    for truth in (1, 0):
+        for i in range(n_per_group):
+            rows.append(f"img_{truth}_{i}.png,{TARGETS[i % 2]},{truth}")
+    path.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,13 +109,16 @@ def free_port() -> int:
 
 
 class ThreadServer:
-    """uvicorn serving ``create_app(study_dir)`` in a background thread."""
+    """uvicorn serving ``create_app(study_dir)`` (or ``app``) in a background thread."""
 
-    def __init__(self, study_dir: Path) -> None:
+    def __init__(self, study_dir: Path, app=None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            create_app(study_dir), host="127.0.0.1", port=self.port, log_level="warning"
+            app if app is not None else create_app(study_dir),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
