@@ -25,7 +25,18 @@ from gifsplanation.render import (
     write_index,
     write_report,
 )
-from gifsplanation.render.gif import BAR_WIDTH, HEADER, SCRUBBER, panel_size
+from gifsplanation.render.gif import (
+    BAR_WIDTH,
+    BLUE0,
+    HEADER,
+    LEGEND,
+    ORANGE0,
+    PALETTE,
+    RAMP,
+    SCRUBBER,
+    change_scale,
+    panel_size,
+)
 
 N_FRAMES = 6
 
@@ -46,17 +57,23 @@ def test_loop_order_goes_there_and_back():
 
 
 @pytest.mark.parametrize("side_by_side", [True, False])
-def test_gif_frame_count_size_and_grayscale(exp, tmp_path, side_by_side):
+def test_gif_frame_count_size_and_colours(exp, tmp_path, side_by_side):
     out = save_gif(exp, 1, tmp_path / "a.gif", side_by_side=side_by_side, duration_ms=70)
     im = Image.open(out)
     p = panel_size(32)
-    width = 2 * p + BAR_WIDTH if side_by_side else p
+    width = 3 * p + BAR_WIDTH if side_by_side else p
+    height = HEADER + p + (LEGEND if side_by_side else 0) + SCRUBBER
     assert im.n_frames == 2 * N_FRAMES - 2
-    assert im.size == (width, HEADER + p + SCRUBBER)
+    assert im.size == (width, height)
     assert im.info["loop"] == 0
     assert im.info["duration"] == 70
     rgb = np.asarray(im.convert("RGB")).astype(int)
-    assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+    grey = (rgb[..., 0] == rgb[..., 1]) & (rgb[..., 1] == rgb[..., 2])
+    if side_by_side:  # only the change panel is coloured
+        assert grey[:, : 2 * p].all() and grey[:, 3 * p :].all()
+        assert not grey[HEADER : HEADER + p, 2 * p : 3 * p].all()
+    else:
+        assert grey.all()
 
 
 def test_gif_frames_follow_the_sequence(exp):
@@ -65,9 +82,45 @@ def test_gif_frames_follow_the_sequence(exp):
     p = panel_size(32)
     f = p // 32
     for k in (0, N_FRAMES - 1):
-        panel = arrays[k][HEADER : HEADER + p : f, ::f]
+        panel = PALETTE[arrays[k][HEADER : HEADER + p : f, ::f]][..., 0]
         expected = ((exp.frames[0, k, 0].numpy() + 1024) / 2048 * 255).round().clip(0, 255)
-        assert np.abs(panel.astype(float) - expected).max() <= 1
+        assert np.abs(panel.astype(float) - expected).max() <= 1.5  # 192 grey levels
+
+
+def test_change_panel_shows_removed_blue_and_added_orange(exp):
+    # Frame 0 is the most negative λ: where it is darker than λ = 0 the panel is blue,
+    # where brighter orange, and the strongest change reaches the top of its ramp.
+    arrays = compose_frames(exp, 0, side_by_side=True, labels=False)
+    p = panel_size(32)
+    f = p // 32
+    zero = int(exp.zero_index[0])
+    x0 = exp.frames[0, zero, 0].numpy()
+    scale = change_scale(exp, 0)
+    for k in (0, N_FRAMES - 1):
+        panel = arrays[k][HEADER : HEADER + p : f, 2 * p : 3 * p : f]
+        diff = (exp.frames[0, k, 0].numpy() - x0) * 255 / 2048
+        blue = (panel >= BLUE0) & (panel < ORANGE0)
+        orange = panel >= ORANGE0
+        strong = np.abs(diff) >= 0.2 * scale
+        assert (blue[strong] == (diff[strong] < 0)).all()
+        assert (orange[strong] == (diff[strong] > 0)).all()
+        assert not (blue | orange)[np.abs(diff) < 0.05 * scale].any()
+    # λ = 0 shows no change at all; the extremes reach full colour somewhere.
+    assert (arrays[zero][HEADER : HEADER + p, 2 * p : 3 * p] < BLUE0).all()
+    full = {BLUE0 + RAMP - 1, ORANGE0 + RAMP - 1}
+    assert any(np.isin(arrays[k], list(full)).any() for k in (0, N_FRAMES - 1))
+
+
+def test_change_scale_is_the_sequence_percentile_and_printed(exp):
+    frames = exp.frames[0]
+    x0 = frames[int(exp.zero_index[0])]
+    d = (frames - x0).abs().mean(1).flatten().numpy() * 255 / 2048
+    assert change_scale(exp, 0) == pytest.approx(max(np.percentile(d, 99.5), 1.0))
+    with_text = compose_frames(exp, 0, side_by_side=True, labels=True)
+    without = compose_frames(exp, 0, side_by_side=True, labels=False)
+    p = panel_size(32)
+    legend = slice(HEADER + p, HEADER + p + LEGEND)
+    assert (with_text[0][legend] != without[0][legend]).any()  # the legend line is drawn
 
 
 def test_mp4_has_the_loop(exp, tmp_path):
@@ -171,24 +224,17 @@ def test_gif_caption_fits_long_target_names(exp):
 
     from PIL import ImageDraw
 
-    from gifsplanation.render.gif import _fit_caption, _font
+    from gifsplanation.render.gif import _fit_caption
 
     name = "Non-COVID pneumonia"
     long = dataclasses.replace(exp, target_names=[name] * len(exp.target_names))
     arrays = compose_frames(long, 0, side_by_side=True, labels=True)
     p = panel_size(32)
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
-    label_end = (
-        p
-        + 3
-        + max(
-            round(measure.textlength(f"λ={float(lam):+.4g}  p={float(q):.2f}", font=_font()))
-            for lam, q in zip(exp.lambdas[0], exp.preds[0], strict=True)
-        )
-    )
     for a in arrays:
-        assert a.shape == (HEADER + p + SCRUBBER, 2 * p + BAR_WIDTH)
-        cols = np.flatnonzero(a[:HEADER, label_end:].max(axis=0) > 0)
+        assert a.shape == (HEADER + p + LEGEND + SCRUBBER, 3 * p + BAR_WIDTH)
+        # The caption sits over the change panel and the bar.
+        cols = np.flatnonzero(a[:HEADER, 2 * p :].max(axis=0) > 0)
         assert cols.size and cols.max() - cols.min() > 80  # more than a 6-letter stub
 
     text, font = _fit_caption(measure, name, 400)

@@ -23,14 +23,17 @@ Example:
 from ._common import atomic_path, write_bytes, write_text
 from .curve import save_curve
 from .flow import save_flow, sequence_flow
-from .gif import compose_frames, loop_order, save_gif
+from .gif import PALETTE, change_scale, compose_frames, compose_rgb, loop_order, save_gif
 from .mp4 import save_mp4
 from .overlay import overlay_rgb, save_overlay
 from .report import write_index, write_report
 
 __all__ = [
+    "PALETTE",
     "atomic_path",
+    "change_scale",
     "compose_frames",
+    "compose_rgb",
     "loop_order",
     "overlay_rgb",
     "save_curve",

@@ -13,7 +13,7 @@ import numpy as np
 
 from .._core.explanation import Explanation
 from ._common import atomic_path
-from .gif import compose_frames, loop_order
+from .gif import compose_rgb, loop_order
 
 
 def save_mp4(
@@ -53,9 +53,9 @@ def save_mp4(
         ) from e
     if duration_ms <= 0:
         raise ValueError(f"duration_ms must be positive, got {duration_ms}")
-    arrays = compose_frames(exp, index, side_by_side=side_by_side)
+    arrays = compose_rgb(exp, index, side_by_side=side_by_side)
     order = loop_order(len(arrays)) * max(loops, 1)
-    h, w = arrays[0].shape
+    h, w = arrays[0].shape[:2]
     ph, pw = h + h % 2, w + w % 2
     with atomic_path(path) as tmp:
         writer = imageio.get_writer(
@@ -71,9 +71,9 @@ def save_mp4(
         )
         try:
             for k in order:
-                frame = np.zeros((ph, pw), dtype=np.uint8)
+                frame = np.zeros((ph, pw, 3), dtype=np.uint8)
                 frame[:h, :w] = arrays[k]
-                writer.append_data(np.repeat(frame[:, :, None], 3, axis=2))
+                writer.append_data(frame)
         finally:
             writer.close()
     return Path(path)
