@@ -30,7 +30,10 @@ SizeOpt = Annotated[int, typer.Option(help="Input side in pixels (224 = XRV conv
 ValOpt = Annotated[float, typer.Option(help="Share of each label held out for validation.")]
 ChannelsOpt = Annotated[str, typer.Option(help="Comma-separated stage widths, e.g. 16,32,64,128.")]
 BlocksOpt = Annotated[int, typer.Option(help="Residual blocks per stage.")]
-AugOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Light augmentation.")]
+AugOpt = Annotated[bool, typer.Option("--augment/--no-augment", help="Augmentation.")]
+AugStrengthOpt = Annotated[
+    str, typer.Option(help="light, or strong (blur/sharpen, gamma, noise, larger affine).")
+]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch CPU threads (0 = default).")]
 TimeOpt = Annotated[
     float, typer.Option(help="Stop before an epoch that would cross this many minutes (0 = off).")
@@ -104,6 +107,11 @@ def autoencoder(
     val_fraction: ValOpt = 0.2,
     channels: ChannelsOpt = "16,32,64,128",
     latent_channels: Annotated[int, typer.Option(help="Bottleneck channels.")] = 16,
+    final_upsample: Annotated[
+        str, typer.Option(help="Decoder's last upsampling: transposed or resize.")
+    ] = "transposed",
+    ssim_weight: Annotated[float, typer.Option(help="Loss weight of 1 − SSIM.")] = 0.0,
+    gradient_weight: Annotated[float, typer.Option(help="Loss weight of |∇r − ∇x|.")] = 0.0,
     blocks: BlocksOpt = 1,
     augment: AugOpt = True,
     threads: ThreadsOpt = 0,
@@ -151,6 +159,7 @@ def classifier(
         ),
     ] = None,
     augment: AugOpt = True,
+    augment_strength: AugStrengthOpt = "light",
     threads: ThreadsOpt = 0,
     time_limit: TimeOpt = 0.0,
     max_steps: StepsOpt = 0,

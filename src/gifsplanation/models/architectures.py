@@ -81,6 +81,10 @@ class CXRAutoencoder(nn.Module):
         latent_channels: channels of the bottleneck (default 16).
         blocks: residual blocks per stage (default 1).
         input_size: the image side the model was trained for (default 224).
+        final_upsample: how the decoder's last stage doubles the resolution:
+            ``"transposed"`` (default; a 4x4 stride-2 transposed convolution, which leaves
+            a faint checkerboard in decoded changes) or ``"resize"`` (nearest upsampling
+            followed by a 3x3 convolution, no checkerboard).
 
     Example:
         >>> ae = CXRAutoencoder(channels=(8, 16), latent_channels=4).eval()
@@ -96,17 +100,22 @@ class CXRAutoencoder(nn.Module):
         latent_channels: int = 16,
         blocks: int = 1,
         input_size: int = 224,
+        final_upsample: Literal["transposed", "resize"] = "transposed",
     ) -> None:
         super().__init__()
         channels = tuple(int(c) for c in channels)
         if len(channels) < 1:
             raise ValueError("channels needs at least one width (the stem)")
+        if final_upsample not in ("transposed", "resize"):
+            raise ValueError(f"final_upsample must be transposed or resize, got {final_upsample!r}")
         self.config: dict[str, Any] = {
             "channels": list(channels),
             "latent_channels": int(latent_channels),
             "blocks": int(blocks),
             "input_size": int(input_size),
         }
+        if final_upsample != "transposed":  # older checkpoints have no such key
+            self.config["final_upsample"] = final_upsample
         self.input_size = int(input_size)
         self.downsamplings = len(channels)
         enc: list[nn.Module] = [
@@ -126,7 +135,10 @@ class CXRAutoencoder(nn.Module):
         rev = channels[::-1]
         for cin, cout in zip(rev[:-1], rev[1:], strict=True):
             dec.append(Up(cin, cout, blocks))
-        dec.append(nn.ConvTranspose2d(channels[0], 1, 4, 2, 1))
+        if final_upsample == "transposed":
+            dec.append(nn.ConvTranspose2d(channels[0], 1, 4, 2, 1))
+        else:
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(channels[0], 1, 3, 1, 1)]
         self.decoder = nn.Sequential(*dec)
 
     @property
@@ -154,6 +166,38 @@ def elastic_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Elastic-net reconstruction loss: mean L1 + mean L2, on images scaled to [-1, 1]."""
     d = (recon - x) / SCALE
     return d.abs().mean() + (d * d).mean()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Local SSIM of images in [-1024, 1024] (uniform ``window``, data range 2048),
+    ``(B, 1, H', W')``; the mean is the usual SSIM index."""
+    a, b = a / (2 * SCALE), b / (2 * SCALE)  # data range 1
+    c1, c2 = 0.01**2, 0.03**2
+    pool = lambda t: F.avg_pool2d(t, window, 1)  # noqa: E731
+    ma, mb = pool(a), pool(b)
+    va, vb, cov = pool(a * a) - ma**2, pool(b * b) - mb**2, pool(a * b) - ma * mb
+    return ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma**2 + mb**2 + c1) * (va + vb + c2))
+
+
+def gradient_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean |∇recon − ∇x| (finite differences), on images scaled to [-1, 1]."""
+    r, t = recon / SCALE, x / SCALE
+    dy = (r.diff(dim=-2) - t.diff(dim=-2)).abs().mean()
+    dx = (r.diff(dim=-1) - t.diff(dim=-1)).abs().mean()
+    return dx + dy
+
+
+def sharp_loss(
+    recon: torch.Tensor, x: torch.Tensor, ssim_weight: float = 0.5, gradient_weight: float = 1.0
+) -> torch.Tensor:
+    """Elastic loss + ``ssim_weight``·(1 − SSIM) + ``gradient_weight``·gradient loss: the
+    extra terms reward edges and local structure, which L1/L2 alone trade for blur."""
+    loss = elastic_loss(recon, x)
+    if ssim_weight:
+        loss = loss + ssim_weight * (1 - ssim_map(recon, x).mean())
+    if gradient_weight:
+        loss = loss + gradient_weight * gradient_loss(recon, x)
+    return loss
 
 
 class CXRClassifier(nn.Module):

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..datasets import MaskedCXRDataset, uint8_to_model
-from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss, n_parameters
+from .architectures import CXRAutoencoder, CXRClassifier, n_parameters, sharp_loss
 from .checkpoint import (
     atomic_torch_save,
     atomic_write_json,
@@ -62,13 +62,18 @@ class TrainConfig:
         val_fraction: share of each label held out.
         channels: stage widths of the network.
         latent_channels: autoencoder bottleneck channels.
+        final_upsample: autoencoder decoder's last upsampling, ``"transposed"`` or
+            ``"resize"`` (see :class:`CXRAutoencoder`).
+        ssim_weight: autoencoder loss weight of (1 − SSIM) (0 = elastic loss only).
+        gradient_weight: autoencoder loss weight of the image-gradient term (0 = off).
         blocks: residual blocks per stage.
         head: classifier output (``"softmax"`` or ``"sigmoid"``).
         outputs: sigmoid classifiers only: the outputs, each ``"NAME=LABEL[|LABEL...]"``
             (positive when the image's label is one of those); e.g.
             ``["COVID-19=COVID-19", "Pneumonia=COVID-19|Non-COVID pneumonia"]``. Empty
             (default): one output per dataset label.
-        augment: apply light augmentation.
+        augment: apply augmentation.
+        augment_strength: ``"light"`` (default) or ``"strong"`` (see :func:`augment_batch`).
         recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
             paths) whose reconstructions D(E(x)) replace a share ``recon_prob`` of the
             training images (same label), so the classifier reads a reconstruction as it
@@ -95,10 +100,14 @@ class TrainConfig:
     val_fraction: float = 0.2
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     latent_channels: int = 16
+    final_upsample: str = "transposed"
+    ssim_weight: float = 0.0
+    gradient_weight: float = 0.0
     blocks: int = 1
     head: Literal["softmax", "sigmoid"] = "softmax"
     outputs: list[str] = field(default_factory=list)
     augment: bool = True
+    augment_strength: str = "light"
     recon_autoencoders: list[str] = field(default_factory=list)
     recon_prob: float = 0.5
     threads: int = 0
@@ -163,13 +172,26 @@ def load_split(
     return ds, images, targets
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Light augmentation of model-space images: rotation ±5°, scale ±5%, shift ±4%,
-    contrast ×[0.9, 1.1] and brightness ±50 (of 2048)."""
+def augment_batch(x: torch.Tensor, gen: torch.Generator, strength: str = "light") -> torch.Tensor:
+    """Augment model-space images.
+
+    ``"light"``: rotation ±5°, scale ±5%, shift ±4%, contrast ×[0.9, 1.1], brightness ±50
+    (of 2048). ``"strong"`` (for classifiers that must not read an image's source from its
+    style): rotation ±10°, scale ±15%, shift ±8%, then per image a random blur (σ ≤ 1.5 px)
+    or sharpening, gamma in [0.7, 1.4], contrast ×[0.75, 1.25], brightness ±100 and
+    Gaussian noise (σ ≤ 30).
+    """
+    strong = strength == "strong"
+    if strength not in ("light", "strong"):
+        raise ValueError(f"augmentation strength must be 'light' or 'strong', got {strength!r}")
     b = x.shape[0]
-    ang = (torch.rand(b, generator=gen) * 2 - 1) * math.radians(5)
-    scale = 1 + (torch.rand(b, generator=gen) * 2 - 1) * 0.05
-    shift = (torch.rand(b, 2, generator=gen) * 2 - 1) * 0.08  # grid units: 2 = full width
+
+    def uniform(*shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen) * 2 - 1
+
+    ang = uniform(b) * math.radians(10 if strong else 5)
+    scale = 1 + uniform(b) * (0.15 if strong else 0.05)
+    shift = uniform(b, 2) * (0.16 if strong else 0.08)  # grid units: 2 = full width
     cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
     theta = torch.stack(
         [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
@@ -178,9 +200,33 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     # pad with the darkest value: outside the field of view is black on a radiograph
     out = F.grid_sample(x + 1024, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = out - 1024
-    contrast = (1 + (torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 0.1).to(x)
-    bright = ((torch.rand(b, 1, 1, 1, generator=gen) * 2 - 1) * 50).to(x)
+    if strong:
+        out = _blur_or_sharpen(out, uniform(b), gen)
+        gamma = torch.exp(uniform(b, 1, 1, 1) * math.log(1.4)).clamp(0.7, 1.4).to(x)
+        out = ((out + 1024).clamp(0, 2048) / 2048) ** gamma * 2048 - 1024
+        out = out + torch.randn(out.shape, generator=gen).to(x) * (
+            torch.rand(b, 1, 1, 1, generator=gen) * 30
+        ).to(x)
+    contrast = (1 + uniform(b, 1, 1, 1) * (0.25 if strong else 0.1)).to(x)
+    bright = (uniform(b, 1, 1, 1) * (100 if strong else 50)).to(x)
     return (out * contrast + bright).clamp(-1024, 1024)
+
+
+def _blur_or_sharpen(x: torch.Tensor, amount: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Per image: ``amount`` < 0 blurs with σ = 1.5·|amount| px, > 0 sharpens (unsharp mask,
+    σ = 1 px, gain ``amount``)."""
+    b = x.shape[0]
+    sigma = torch.where(amount < 0, -1.5 * amount, torch.ones_like(amount)).clamp_min(0.05)
+    r = 4
+    t = torch.arange(-r, r + 1, dtype=x.dtype)
+    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = (k / k.sum(1, keepdim=True)).to(x.device)  # (B, 2r+1)
+    h = x.transpose(0, 1)  # (1, B, H, W): one group per image
+    h = F.conv2d(F.pad(h, (r, r, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
+    h = F.conv2d(F.pad(h, (0, 0, r, r), mode="replicate"), k[:, None, :, None], groups=b)
+    blurred = h.transpose(0, 1)
+    gain = amount.clamp_min(0).view(b, 1, 1, 1).to(x)
+    return torch.where(amount.view(b, 1, 1, 1).to(x.device) < 0, blurred, x + gain * (x - blurred))
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -303,6 +349,7 @@ def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
             latent_channels=cfg.latent_channels,
             blocks=cfg.blocks,
             input_size=cfg.size,
+            final_upsample=cfg.final_upsample,  # type: ignore[arg-type]
         )
     if cfg.kind == "classifier":
         return CXRClassifier(
@@ -319,7 +366,7 @@ def _loss(
     cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, matrix: torch.Tensor
 ) -> torch.Tensor:
     if cfg.kind == "autoencoder":
-        return elastic_loss(model(x), x)
+        return sharp_loss(model(x), x, cfg.ssim_weight, cfg.gradient_weight)
     logits = model.logits(x)  # type: ignore[operator]
     if cfg.head == "softmax":
         return F.cross_entropy(logits, y)
@@ -345,11 +392,26 @@ def _validate(
             sq_err += float((d * d).sum())
             n += d.numel()
         mae, mse = abs_err / n, sq_err / n
-        return {"mae": mae, "loss": mae / 1024 + mse / 1024**2}
+        return {"mae": mae, "loss": mae / 1024 + mse / 1024**2, **realism(model, images[:128])}
     probs = predict(model, images, device=cfg.device)
     m = classifier_metrics(probs, targets, names, matrix)
     m["loss"] = m["nll"]
     return m
+
+
+@torch.no_grad()
+def realism(ae: nn.Module, images: torch.Tensor) -> dict[str, float]:
+    """Mean SSIM and fine-edge ratio of ``ae``'s reconstructions of cached ``uint8`` images
+    (:func:`gifsplanation.metrics.ssim`, :func:`~gifsplanation.metrics.fine_edge_ratio`)."""
+    from ..metrics import fine_edge_ratio, ssim
+
+    x = uint8_to_model(images)
+    r = torch.cat([ae(x[i : i + 32]) for i in range(0, len(x), 32)]).clamp(-1024, 1024)
+    pairs = [(r[i, 0].numpy(), x[i, 0].numpy()) for i in range(len(x))]
+    return {
+        "ssim": float(np.mean([ssim(a, b) for a, b in pairs])),
+        "edge_ratio": float(np.mean([fine_edge_ratio(a, b) for a, b in pairs])),
+    }
 
 
 def _better(cfg: TrainConfig, new: dict, old: dict | None) -> bool:
@@ -424,7 +486,17 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
             k: (saved.get(k), v)
             for k, v in asdict(cfg).items()
             if k
-            in ("kind", "channels", "latent_channels", "blocks", "head", "outputs", "size", "seed")
+            in (
+                "kind",
+                "channels",
+                "latent_channels",
+                "final_upsample",
+                "blocks",
+                "head",
+                "outputs",
+                "size",
+                "seed",
+            )
             and saved.get(k) != v
         }
         if mismatch:
@@ -503,7 +575,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                         if sel.any():
                             x[sel] = uint8_to_model(r[idx[sel]])
                 if cfg.augment:
-                    x = augment_batch(x, gen)
+                    x = augment_batch(x, gen, cfg.augment_strength)
                 x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
                 loss = _loss(cfg, model, x, y, matrix)
                 opt.zero_grad(set_to_none=True)
@@ -676,6 +748,6 @@ def _command_line() -> str:
 
 def _short(m: dict[str, Any]) -> str:
     if "mae" in m:
-        return f"MAE {m['mae']:.1f}"
+        return f"MAE {m['mae']:.1f}, SSIM {m['ssim']:.3f}, edge ratio {m['edge_ratio']:.2f}"
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in m["auc"].items())
     return f"AUC {aucs}; acc {m['accuracy']:.3f}; nll {m['nll']:.3f}"
