@@ -113,6 +113,14 @@ def test_xrv_resnetae_loads_from_local_file(tmp_path: Path) -> None:
     with torch.no_grad():
         z = loaded.encode(torch.zeros(1, 1, 224, 224))
     assert z.shape == (1, 512, 3, 3)
+    # the same outputs as XRV's own loading of the file
+    ref = xrv.autoencoders.ResNetAE(weights="101-elastic", cache_dir=str(tmp_path))
+    x = torch.randn(1, 1, 224, 224).clamp(-3, 3) * 300
+    with torch.no_grad():
+        z = loaded.encode(x)
+        torch.testing.assert_close(z, ref.encode(x))
+        torch.testing.assert_close(loaded.decode(z), ref.decode(z))
+    assert loaded.weights_metadata == ref.weights_metadata and repr(loaded) == repr(ref)
 
 
 @pytest.mark.slow
@@ -145,6 +153,19 @@ def test_xrv_jfhealthcare_loads_from_local_file_without_imagenet_download(
     assert clf.targets == JF.targets and clf.output_kind == "probability"
     key = next(iter(net.state_dict()))
     torch.testing.assert_close(clf.model.module.state_dict()[key], net.state_dict()[key])
+    # the same outputs as XRV's own loading, which reads ~/.torchxrayvision and first
+    # fetches torchvision's ImageNet weights (skipped: the JF weights replace them)
+    folder = tmp_path / "home" / ".torchxrayvision" / "models_data"
+    folder.mkdir(parents=True)
+    (folder / xrv_loader.weights_filename("jf", "")).write_bytes(path.read_bytes())
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    from torchxrayvision.baseline_models.jfhealthcare.model.backbone import densenet
+
+    monkeypatch.setattr(densenet.model_zoo, "load_url", lambda *a, **k: {})
+    ref = JF()
+    x = torch.randn(1, 1, 224, 224).clamp(-3, 3) * 300
+    with torch.no_grad():
+        torch.testing.assert_close(clf(x), ref(x))
 
 
 def test_our_checkpoint_loads_by_path(tmp_path: Path) -> None:

@@ -6,7 +6,9 @@
 ``output_kind``. A name is looked up in :data:`ENTRIES`; anything else is read as a path
 to one of our checkpoints (or to an XRV weights file, recognised by its file name). The
 bundled models ship inside the package and load offline; XRV entries need their weights
-file in XRV's cache (or ``weights=PATH``) and say so in one clear error otherwise.
+file in XRV's cache (or ``weights=PATH``) and say so in one clear error otherwise. XRV
+weights are read by :mod:`.xrv` without unpickling code; XRV DenseNets keep only their
+named outputs (see :class:`ModelEntry`).
 """
 
 from __future__ import annotations
@@ -55,9 +57,15 @@ class ModelEntry:
         description: one line for humans.
         input: input convention.
         output: output semantics (probability/logit, how computed).
-        targets: output names of a classifier (``None`` for autoencoders).
-        xrv_kind: ``"densenet"``, ``"resnetae"`` or ``"jf"`` for XRV entries.
+        targets: output names of a classifier (``None`` for autoencoders): output ``i`` of
+            the loaded model is ``targets[i]``, and no name is empty. XRV's DenseNets
+            have 18 outputs, one per pathology of XRV's default list, and leave those a
+            model was not trained for unnamed (``""``); the registry's model keeps only the
+            named outputs (the matching rows of the last layer and of the calibration
+            thresholds), so its outputs are XRV's outputs ``xrv_outputs``.
+        xrv_kind: ``"densenet"``, ``"resnetae"``, ``"jf"`` or ``"vqgan"`` for XRV entries.
         xrv_weights: XRV's own weights name.
+        xrv_outputs: XRV DenseNets: for each target, its index among XRV's 18 outputs.
         bundled_file: file name under ``gifsplanation/weights`` for bundled entries.
     """
 
@@ -72,6 +80,7 @@ class ModelEntry:
     xrv_weights: str | None = None
     bundled_file: str | None = None
     aliases: tuple[str, ...] = field(default_factory=tuple)
+    xrv_outputs: tuple[int, ...] | None = None
 
     def weights_location(self, cache_dir: str | Path | None = None) -> Path:
         """Where this entry's weights file is expected on this machine."""
@@ -79,24 +88,50 @@ class ModelEntry:
             return WEIGHTS_DIR / str(self.bundled_file)
         return xrv_loader.expected_path(str(self.xrv_kind), str(self.xrv_weights), cache_dir)
 
+    def files(self, cache_dir: str | Path | None = None) -> list[tuple[Path, str | None]]:
+        """Every file the entry needs, as ``(where it must be, download URL or None)``: the
+        weights, then the config for the VQGAN."""
+        if self.source == "bundled":
+            return [(self.weights_location(), None)]
+        return list(xrv_loader.expected_files(str(self.xrv_kind), str(self.xrv_weights), cache_dir))
+
     def available(self, cache_dir: str | Path | None = None) -> bool:
-        """Whether the weights file is present (no download attempted)."""
-        return self.weights_location(cache_dir).is_file()
+        """Whether the weights file (and config) is present (no download attempted)."""
+        return all(path.is_file() for path, _ in self.files(cache_dir))
 
 
 def _xrv_densenet(w: str) -> ModelEntry:
     xrv = xrv_loader.import_xrv()
     name = f"densenet121-res224-{w}"
+    labels = list(xrv.models.model_urls[name]["labels"])
+    keep = tuple(i for i, label in enumerate(labels) if label)
+    unused = f"; XRV's {len(labels) - len(keep)} unnamed outputs dropped" if len(keep) < 18 else ""
     return ModelEntry(
         name=f"xrv-densenet121-{w}",
         kind="classifier",
         source="torchxrayvision",
         description=f"TorchXRayVision DenseNet-121 ({name})",
         input=XRV_INPUT,
-        output="probability (sigmoid + XRV calibration: 0.5 = operating point)",
-        targets=list(xrv.models.model_urls[name]["labels"]),
+        output="probability (sigmoid + XRV calibration: 0.5 = operating point)" + unused,
+        targets=[labels[i] for i in keep],
         xrv_kind="densenet",
         xrv_weights=name,
+        xrv_outputs=keep,
+    )
+
+
+def _xrv_vqgan(w: str) -> ModelEntry:
+    xrv = xrv_loader.import_xrv()
+    info = xrv.baseline_models.ieee8023.model_urls[f"cxr2-vqgan-768-{w}"]
+    return ModelEntry(
+        name=f"xrv-vqgan-768-{w}",
+        kind="autoencoder",
+        source="torchxrayvision",
+        description="TorchXRayVision CXR VQGAN, 768x768; " + " ".join(info["description"].split()),
+        input=XRV_INPUT + "; resized to 768 inside",
+        output="reconstruction in [-1024, 1024], resized from 768 to the input size (224)",
+        xrv_kind="vqgan",
+        xrv_weights=f"cxr2-vqgan-768-{w}",
     )
 
 
@@ -170,6 +205,7 @@ def _entries() -> dict[str, ModelEntry]:
             xrv_weights="101-elastic",
         ),
     ]
+    entries += [_xrv_vqgan(w) for w in ("sd", "msdd")]
     return {e.name: e for e in entries}
 
 
@@ -280,8 +316,11 @@ def _get(
     path = Path(key).expanduser()
     if path.is_file():
         for entry in list_models(kind):  # an XRV weights file under its own name
-            if entry.source == "torchxrayvision" and path.name == entry.weights_location().name:
-                return _load_entry(entry, device, path, cache_dir, download)
+            if entry.source != "torchxrayvision":
+                continue
+            names = [p.name for p, _ in entry.files()]
+            if path.name in names:  # the weights, or the VQGAN's config next to them
+                return _load_entry(entry, device, path.with_name(names[0]), cache_dir, download)
         return _load_checkpoint(path, kind, device, name=path.stem)
     if any(sep in key for sep in ("/", "\\")) or path.suffix:
         raise FileNotFoundError(f"{kind} checkpoint {path} does not exist")
@@ -293,7 +332,7 @@ def _load_checkpoint(
     path: Path, kind: str, device: str | torch.device, name: str, **extra: Any
 ) -> nn.Module:
     ckpt = read_checkpoint(path)
-    model = build_model(ckpt, device)
+    model = build_model(ckpt, device, source=path)
     arch_kind = "autoencoder" if hasattr(model, "encode") else "classifier"
     if arch_kind != kind:
         raise ValueError(f"{path} holds a {arch_kind} ({ckpt['architecture']}), not a {kind}")
@@ -324,6 +363,8 @@ def _load_entry(
     )
     model = model.to(device).eval()
     _tag(model, name=entry.name, path=path, sha=sha256_file(path))
+    if entry.xrv_kind == "vqgan":
+        model.config_sha256 = sha256_file(str(model.config_path))
     if entry.kind == "classifier":
         model.output_kind = "probability"
         if entry.xrv_kind == "jf":
