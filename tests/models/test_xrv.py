@@ -210,6 +210,11 @@ def test_vqgan_round_trip_resizes_to_the_input_size(tmp_path: Path) -> None:
     for f in (ckpt, config):
         shutil.copy(f, other / f.name)
     assert get_autoencoder(other / config.name).name == "xrv-vqgan-768-sd"
+    alone = tmp_path / "alone"  # a checkpoint without its config
+    alone.mkdir()
+    shutil.copy(ckpt, alone / ckpt.name)
+    with pytest.raises(FileNotFoundError, match=f"needs its config {config.name}"):
+        get_autoencoder(alone / ckpt.name)
     assert get_autoencoder("xrv-vqgan-768-sd", weights=other / ckpt.name).latent_shape == (
         4,
         16,

@@ -149,7 +149,9 @@ def config_path_for(kind: str, weights: str, weights_path: str | Path) -> Path |
 def _unavailable(name: str, kind: str, weights: str, cache_dir: Any, why: str) -> None:
     files = expected_files(kind, weights, cache_dir)
     role = "autoencoder" if kind in ("resnetae", "vqgan") else "classifier"
-    steps = " and ".join(f"{url} and save it as {path}" for path, url in files)
+    steps = f"{files[0][1]} and save it as {files[0][0]}" + "".join(
+        f", and {url} as {path}" for path, url in files[1:]
+    )
     keep = (
         f"keep the file name {files[0][0].name}"
         if len(files) == 1
