@@ -15,7 +15,6 @@ from gifsplanation.render import (
     atomic_path,
     compose_frames,
     loop_order,
-    overlay_rgb,
     save_curve,
     save_flow,
     save_gif,
@@ -143,23 +142,6 @@ def _ffmpeg_frames(path):
 
     with imageio.get_reader(path, format="FFMPEG") as r:
         return [f for f in r]
-
-
-def test_overlay_keeps_size_and_marks_the_hot_spot(tmp_path):
-    image = torch.zeros(16, 20)
-    heat = torch.zeros(16, 20)
-    heat[4, 5] = 3.0
-    out = save_overlay(image, heat, tmp_path / "m.png", alpha=0.8)
-    arr = np.asarray(Image.open(out))
-    assert arr.shape == (16, 20, 3)
-    gray = overlay_rgb(image, torch.zeros(16, 20))
-    assert (gray[..., 0] == gray[..., 2]).all()  # a zero map leaves the image gray
-    assert np.abs(arr[4, 5].astype(int) - arr[0, 0].astype(int)).sum() > 60
-
-
-def test_overlay_rejects_mismatched_shapes(tmp_path):
-    with pytest.raises(ValueError, match="does not match"):
-        save_overlay(torch.zeros(8, 8), torch.zeros(4, 4), tmp_path / "m.png")
 
 
 def test_curve_and_flow_are_pngs(exp, tmp_path):

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 
 METHOD_A = ("grad", "guided", "integrated")
 METHOD_B = "latentshift-max"
+MAP_SCALE = "p99"
+"""The one scaling rule for every study map (Method A and B): each map divided by its own
+99th percentile, clipped at 1 (see :func:`gifsplanation.render.colorbar.map_scale`)."""
 TRUE_WORDS = {"1", "true", "yes", "y", "positive", "pos", "t"}
 FALSE_WORDS = {"0", "false", "no", "n", "negative", "neg", "f"}
 PARTIAL_MARKER = ".gifsplanation-study-partial"
@@ -137,6 +140,20 @@ def _save_gray_png(image: torch.Tensor, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def save_study_map(
+    image: torch.Tensor, heatmap: torch.Tensor, path: str | os.PathLike[str], method: str
+) -> Path:
+    """Draw one study map with :func:`gifsplanation.render.save_overlay`: the same scaling
+    rule (:data:`MAP_SCALE`) for Method A and Method B, the method's units on the colour bar.
+
+    The reader page shows the plain image beside the maps, so the figure has the map over
+    the image and its colour bar only (``plain=False``).
+    """
+    from gifsplanation.render import save_overlay, units_for
+
+    return save_overlay(image, heatmap, path, scale=MAP_SCALE, units=units_for(method), plain=False)
+
+
 def render_case_assets(
     image: torch.Tensor,
     target: str | int,
@@ -173,7 +190,7 @@ def render_case_assets(
         ['gif', 'grad', 'guided', 'image', 'integrated', 'latentshift']
     """
     from gifsplanation.methods import get_method
-    from gifsplanation.render import save_gif, save_overlay
+    from gifsplanation.render import save_gif
 
     options = {k: dict(v) for k, v in (method_options or {}).items()}
     x = image if image.ndim == 4 else image[None]
@@ -193,7 +210,7 @@ def render_case_assets(
     exp = shift.explain(x, target)
     prediction = float(exp.input_preds[0])
     files["latentshift"] = "latentshift.png"
-    save_overlay(x[0, 0], shift.maps_from(exp)[0, 0], out / files["latentshift"])
+    save_study_map(x[0, 0], shift.maps_from(exp)[0, 0], out / files["latentshift"], METHOD_B)
     files["gif"] = "latentshift.gif"
     save_gif(exp, 0, out / files["gif"], **dict(gif_options or {}))
     for name in METHOD_A:
@@ -202,7 +219,7 @@ def render_case_assets(
         )
         maps = method.attribute(x, target=target)
         files[name] = f"{name}.png"
-        save_overlay(x[0, 0], maps[0, 0], out / files[name])
+        save_study_map(x[0, 0], maps[0, 0], out / files[name], name)
     return prediction, files
 
 
