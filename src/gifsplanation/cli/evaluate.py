@@ -1,15 +1,27 @@
 """`gifsplanation evaluate iou|randomization|robustness|ae-impact|counterfactuals`: the
 paper's experiments on any classifier/autoencoder and any dataset with masks (see
 :mod:`gifsplanation.evaluate`). Each writes CSV, a markdown table, a PNG plot and a
-manifest into ``--out`` and resumes from its cache when re-run with the same arguments."""
+manifest into ``--out`` and resumes from its cache when re-run with the same arguments.
+
+The Latent Shift engine options (``--mode``, ``--strategy``, ``--frames``, ``--batch-size``,
+``--lower-change``, ``--upper-change``, ``--threshold-mode``, ``--max-lambda``,
+``--max-image-change``, ``--lambda-range``, ``--ood``) are declared once, in
+:data:`ENGINE_PARAMETERS`, and added to every command that builds an engine by
+:func:`engine_command`; :func:`engine_options` turns their values into the
+:class:`~gifsplanation.evaluate.engine.EngineOptions` the experiments use and record."""
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from ..evaluate.engine import EngineOptions, parse_lambda_range
 
 evaluate_app = typer.Typer(
     help="Run the paper's experiments (IoU, randomisation, robustness, AE impact, "
@@ -55,12 +67,170 @@ TargetOpt = Annotated[
 ]
 OutOpt = Annotated[Path | None, typer.Option("--out", "-o", help="Output folder.")]
 IgStepsOpt = Annotated[int, typer.Option(help="Integrated gradients: path steps.")]
-LsStrategyOpt = Annotated[str, typer.Option(help="Latent Shift search: fast or paper.")]
-LsFramesOpt = Annotated[int, typer.Option(help="Latent Shift sweep frames.")]
 IdIterOpt = Annotated[int, typer.Option(help="Iterative delete: rounds.")]
 ThreadsOpt = Annotated[int, typer.Option(help="Torch CPU threads (0 = default).")]
 DeviceOpt = Annotated[str, typer.Option(help="Torch device.")]
 ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Progress bars.")]
+
+
+_ENGINE_PANEL = "Latent Shift engine"
+_DEFAULTS = EngineOptions()
+
+
+def _engine_parameter(name: str, kind: Any, default: Any, *decls: str, **option: Any):
+    return inspect.Parameter(
+        name,
+        inspect.Parameter.KEYWORD_ONLY,
+        default=default,
+        annotation=Annotated[kind, typer.Option(*decls, rich_help_panel=_ENGINE_PANEL, **option)],
+    )
+
+
+#: The engine options of every ``evaluate`` command that builds a ``LatentShift``,
+#: declared once (defaults from :class:`EngineOptions`); see :func:`engine_command`.
+ENGINE_PARAMETERS: tuple[inspect.Parameter, ...] = (
+    _engine_parameter(
+        "mode",
+        str,
+        _DEFAULTS.mode,
+        "--mode",
+        help="Frames: residual (x + D(z₀+λdz) − D(z₀); λ = 0 is the input), reconstruction "
+        "(the paper's D(z₀+λdz)) or both (each on the same images, compared with paired "
+        "Wilcoxon tests).",
+    ),
+    _engine_parameter(
+        "strategy",
+        str,
+        _DEFAULTS.strategy,
+        "--strategy",
+        "--ls-strategy",
+        help="λ search: fast or paper.",
+    ),
+    _engine_parameter(
+        "frames",
+        int,
+        _DEFAULTS.n_frames,
+        "--frames",
+        "--ls-frames",
+        min=3,
+        help="Frames in the λ sweep (λ = 0 included).",
+    ),
+    _engine_parameter(
+        "batch_size",
+        int,
+        _DEFAULTS.batch_size,
+        "--batch-size",
+        min=1,
+        help="Images per decoder+classifier call.",
+    ),
+    _engine_parameter(
+        "lower_change",
+        float,
+        _DEFAULTS.lower_change,
+        "--lower-change",
+        help="How far the prediction must fall (λ < 0): fraction or absolute.",
+    ),
+    _engine_parameter(
+        "upper_change",
+        float,
+        _DEFAULTS.upper_change,
+        "--upper-change",
+        help="How far it must rise (λ > 0); 0 disables the positive side.",
+    ),
+    _engine_parameter(
+        "threshold_mode",
+        str,
+        _DEFAULTS.threshold_mode,
+        "--threshold-mode",
+        help="relative (the paper's text) or absolute (its code).",
+    ),
+    _engine_parameter(
+        "max_lambda",
+        float,
+        _DEFAULTS.max_lambda,
+        "--max-lambda",
+        help="Cap on |λ| (the paper's code used 1000).",
+    ),
+    _engine_parameter(
+        "max_image_change",
+        float,
+        _DEFAULTS.max_image_change,
+        "--max-image-change",
+        help="Stop when mean |x_λ − x_0| exceeds this share of the dynamic range; 0 disables.",
+    ),
+    _engine_parameter(
+        "lambda_range",
+        str | None,
+        None,
+        "--lambda-range",
+        metavar="LO,HI",
+        help="A fixed λ range (LO <= 0 <= HI), no search; both sides then stop with "
+        "fixed_range, so no counterfactual counts as valid.",
+    ),
+    _engine_parameter(
+        "ood",
+        str,
+        _DEFAULTS.ood,
+        "--ood",
+        help="Inputs the OOD gate flags: warn (explain, record the verdict; default here so "
+        "a refusal never becomes a scored all-zero map), refuse, or off.",
+    ),
+)
+
+
+def engine_options(
+    *,
+    mode: str,
+    strategy: str,
+    frames: int,
+    batch_size: int,
+    lower_change: float,
+    upper_change: float,
+    threshold_mode: str,
+    max_lambda: float,
+    max_image_change: float,
+    lambda_range: str | None,
+    ood: str,
+) -> EngineOptions:
+    """The :class:`EngineOptions` of the command-line values (0 disables
+    ``--upper-change`` and ``--max-image-change``); a bad value is a usage error."""
+    try:
+        return EngineOptions(
+            mode=mode,
+            strategy=strategy,
+            n_frames=frames,
+            batch_size=batch_size,
+            lower_change=lower_change,
+            upper_change=upper_change or None,
+            threshold_mode=threshold_mode,
+            max_lambda=max_lambda,
+            max_image_change=max_image_change or None,
+            lambda_range=parse_lambda_range(lambda_range),
+            ood=ood,
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
+def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add :data:`ENGINE_PARAMETERS` to command ``fn``, which then receives them as one
+    ``engine: EngineOptions`` keyword argument."""
+    sig = inspect.signature(fn, eval_str=True)
+    own = [p for p in sig.parameters.values() if p.name != "engine"]
+    names = [p.name for p in ENGINE_PARAMETERS]
+    clash = {p.name for p in own} & set(names)
+    if clash:
+        raise TypeError(f"{fn.__name__} already has parameters {sorted(clash)}")
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        values = {n: kwargs.pop(n) for n in names}
+        return fn(**kwargs, engine=engine_options(**values))
+
+    full = sig.replace(parameters=[*own, *ENGINE_PARAMETERS])
+    command.__signature__ = full  # type: ignore[attr-defined]
+    command.__annotations__ = {p.name: p.annotation for p in full.parameters.values()}
+    return command
 
 
 def _load_models(classifier: str | None, autoencoder: str | None, device: str, need_ae: bool):
@@ -121,19 +291,37 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
         a["size"],
     )
     clf, ae = _load_models(a["classifier"], a["autoencoder"], a["device"], need_ae)
-    # Commands without an option (ae-impact has no --ls-*) never use the method it sets.
-    ls_opts = {"strategy": a.get("ls_strategy"), "n_frames": a.get("ls_frames")}
+    # Commands without an option (ae-impact has no --ig-steps) never use the method it sets.
+    # Latent Shift methods take every engine setting from ``engine`` (Setup fills them in).
     options: dict[str, dict[str, Any]] = {
         "integrated": {"n_steps": a.get("ig_steps")},
         "iterativedelete": {"n_iter": a.get("id_iter")},
         "random": {"seed": a["seed"]},
-        **{m: dict(ls_opts) for m in methods if m.startswith("latentshift")},
     }
     options = {k: v for k, v in options.items() if k in methods}
-    if experiment == "counterfactuals":
-        options["latentshift-max"] = dict(ls_opts)
     out = a["out"] or Path("results") / experiment
-    recorded = {k: (str(v) if isinstance(v, Path) else v) for k, v in a.items()}
+    engine: EngineOptions | None = a.get("engine")
+    recorded = {  # the command's options, not the functions it imported
+        k: (str(v) if isinstance(v, Path) else v)
+        for k, v in a.items()
+        if k != "engine" and not callable(v)
+    }
+    if engine is not None:  # the engine options as given (the manifest's "engine" has all)
+        recorded.update(
+            {
+                "mode": engine.mode,
+                "strategy": engine.strategy,
+                "frames": engine.n_frames,
+                "batch_size": engine.batch_size,
+                "lower_change": engine.lower_change,
+                "upper_change": engine.upper_change,
+                "threshold_mode": engine.threshold_mode,
+                "max_lambda": engine.max_lambda,
+                "max_image_change": engine.max_image_change,
+                "lambda_range": list(engine.lambda_range) if engine.lambda_range else None,
+                "ood": engine.ood,
+            }
+        )
     return Setup(
         classifier=clf,
         autoencoder=ae,
@@ -146,6 +334,7 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
         targets=a["target"] or None,
         progress=a["progress"],
         args={"cli": recorded},
+        engine=engine or EngineOptions(),
     )
 
 
@@ -160,16 +349,19 @@ def _finish(result: dict[str, Any]) -> None:
 
 def _guard(fn, *args, **kwargs):
     from rich.console import Console
+    from rich.markup import escape
 
     from ..models import UnknownModelError, WeightsUnavailableError
 
     try:
         return fn(*args, **kwargs)
     except (FileNotFoundError, ValueError, UnknownModelError, WeightsUnavailableError) as e:
-        Console(stderr=True).print(f"[red]error:[/red] {e}")
+        # One line, the message as written (its [brackets] are not rich markup).
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(e))}")
         raise typer.Exit(2) from None
 
 
+@engine_command
 def iou(
     data: DataOpt = None,
     split: SplitOpt = "val",
@@ -186,20 +378,22 @@ def iou(
     target: TargetOpt = None,
     out: OutOpt = None,
     ig_steps: IgStepsOpt = 50,
-    ls_strategy: LsStrategyOpt = "fast",
-    ls_frames: LsFramesOpt = 10,
     id_iter: IdIterOpt = 10,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
+    *,
+    engine: EngineOptions,
 ) -> None:
-    """Table 1: IoU (top-p), pointing game and relevance mass per method and target."""
+    """Table 1: IoU (top-p), pointing game and relevance mass per method and target
+    (--mode both: Latent Shift in both frame modes, compared with paired tests)."""
     from ..evaluate import run_iou
 
     setup = _guard(_common, "iou", locals(), False, True)
     _finish(_guard(run_iou, setup))
 
 
+@engine_command
 def randomization(
     data: DataOpt = None,
     split: SplitOpt = "val",
@@ -216,13 +410,13 @@ def randomization(
     target: TargetOpt = None,
     out: OutOpt = None,
     ig_steps: IgStepsOpt = 50,
-    ls_strategy: LsStrategyOpt = "fast",
-    ls_frames: LsFramesOpt = 10,
     id_iter: IdIterOpt = 10,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
     steps: Annotated[int, typer.Option(help="Cascade steps (0 = one per layer).")] = 6,
+    *,
+    engine: EngineOptions,
 ) -> None:
     """Fig. 5: re-initialise layers from the top; Spearman ρ of maps with the original."""
     from ..evaluate import run_randomization
@@ -238,6 +432,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
         raise typer.BadParameter(f"{name} {text!r}: expected numbers like 0,1,2") from None
 
 
+@engine_command
 def robustness(
     data: DataOpt = None,
     split: SplitOpt = "val",
@@ -254,8 +449,6 @@ def robustness(
     target: TargetOpt = None,
     out: OutOpt = None,
     ig_steps: IgStepsOpt = 50,
-    ls_strategy: LsStrategyOpt = "fast",
-    ls_frames: LsFramesOpt = 10,
     id_iter: IdIterOpt = 10,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "cpu",
@@ -264,6 +457,8 @@ def robustness(
         "0,1,2,3,4"
     ),
     blur_sigmas: Annotated[str, typer.Option(help="Gaussian blur σ in pixels.")] = "0,10,20,30,40",
+    *,
+    engine: EngineOptions,
 ) -> None:
     """Fig. G.1: IoU and map similarity under uniform noise and Gaussian blur."""
     from ..evaluate import run_robustness
@@ -304,6 +499,7 @@ def ae_impact(
     _finish(_guard(run_ae_impact, setup))
 
 
+@engine_command
 def counterfactuals(
     data: DataOpt = None,
     split: SplitOpt = "val",
@@ -318,13 +514,15 @@ def counterfactuals(
     seed: SeedOpt = 0,
     target: TargetOpt = None,
     out: OutOpt = None,
-    ls_strategy: LsStrategyOpt = "fast",
-    ls_frames: LsFramesOpt = 10,
     threads: ThreadsOpt = 0,
     device: DeviceOpt = "cpu",
     progress: ProgressOpt = True,
+    *,
+    engine: EngineOptions,
 ) -> None:
-    """Counterfactual quality: validity, Δp, proximity and realism per target."""
+    """Removal counterfactuals per mode and target: validity, Δp, proximity, SSIM, fine-edge
+    ratio, AE effect, every output's change and grey-level change in lungs/infection/outside
+    (--mode both: paired residual vs reconstruction tests)."""
     from ..evaluate import run_counterfactuals
 
     setup = _guard(_common, "counterfactuals", locals(), True, False)

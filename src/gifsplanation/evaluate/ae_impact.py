@@ -26,7 +26,9 @@ def run_ae_impact(setup: Setup) -> dict[str, Any]:
     ``ae_impact.png`` and ``manifest.json``."""
     if setup.autoencoder is None:
         raise ValueError("ae-impact needs an autoencoder")
-    run = setup.start("ae-impact")
+    # No Latent Shift engine here: f(D(E(x))) is the λ = 0 frame of reconstruction mode
+    # whatever the search settings (``counterfactuals`` reports it per mode as ae_effect).
+    run = setup.start("ae-impact", uses_engine=False)
     ds = setup.dataset
     items = []
     for positives in (True, False):

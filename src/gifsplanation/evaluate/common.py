@@ -13,6 +13,7 @@ from torch import nn
 from .._core.adapters import Classifier
 from ..methods import DEFAULT_METHODS
 from .data import Item, MaskedDataset, select_items
+from .engine import EngineOptions, check_resume, split_variant
 from .run import Run, model_record
 
 
@@ -27,7 +28,13 @@ class Setup:
             :class:`~gifsplanation.evaluate.data.XRVMaskedDataset`.
         out: output folder of the experiment.
         methods: method names (default: :data:`gifsplanation.methods.DEFAULT_METHODS`).
+            With ``engine.mode="both"`` each ``latentshift-*`` method becomes one variant
+            per frame mode (``latentshift-max@residual``, ``latentshift-max@reconstruction``).
         method_options: per-method keyword options, e.g. ``{"integrated": {"n_steps": 25}}``.
+            Latent Shift engine settings do not go here but in ``engine``; the options
+            of ``latentshift-*`` methods are filled from it.
+        engine: the Latent Shift engine options (:class:`EngineOptions`; default: the
+            defaults) of every ``LatentShift`` the experiments build.
         limit: images per target (default 40).
         seed: seed of the image draw and of every random choice (default 0).
         targets: restrict to these classifier targets (default: every target with data).
@@ -46,9 +53,13 @@ class Setup:
     targets: list[str] | None = None
     progress: bool = True
     args: dict[str, Any] = field(default_factory=dict)
+    engine: EngineOptions = field(default_factory=EngineOptions)
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
+        self.methods, self.method_options = expand_engine_methods(
+            self.methods, self.method_options, self.engine
+        )
         self.adapter = Classifier(self.classifier)
         if not self.adapter.targets:
             raise ValueError(
@@ -105,10 +116,24 @@ class Setup:
             )
         return found
 
-    def start(self, experiment: str, extra: dict[str, Any] | None = None) -> Run:
-        """Open the run folder: manifest + cache keyed by everything results depend on."""
+    def mode_of(self, method: str) -> str:
+        """The frame mode a method runs in (``""`` for methods without one)."""
+        return str(self.method_options.get(method, {}).get("mode", ""))
+
+    def start(
+        self, experiment: str, extra: dict[str, Any] | None = None, *, uses_engine: bool = True
+    ) -> Run:
+        """Open the run folder: manifest + cache keyed by everything results depend on.
+
+        ``uses_engine=False`` for experiments that never build a ``LatentShift`` (their
+        manifest says ``"engine": null``). A folder holding the same experiment run with
+        other engine options is refused (:func:`~.engine.check_resume`).
+        """
+        engine = self.engine.record() if uses_engine else None
+        check_resume(self.out, experiment, engine)
         size = getattr(self.dataset, "size", None)
         fingerprint = {
+            "engine": engine,
             "experiment": experiment,
             "classifier": model_record(self.classifier),
             "autoencoder": model_record(self.autoencoder) if self.autoencoder is not None else None,
@@ -123,6 +148,7 @@ class Setup:
             "limit": self.limit,
             "seed": self.seed,
             "targets": self.targets,
+            "engine": engine,
             "dataset": {
                 "class": type(self.dataset).__name__,
                 "source": str(getattr(self.dataset, "source", "")),
@@ -138,6 +164,7 @@ class Setup:
             "classifier": fingerprint["classifier"],
             "autoencoder": fingerprint["autoencoder"],
         }
+        run.write_manifest("running", engine=engine)
         return run
 
     def predict(self, x: torch.Tensor, model: nn.Module | None = None) -> np.ndarray:
@@ -149,6 +176,40 @@ class Setup:
         )
         with torch.no_grad():
             return clf(x).detach().cpu().numpy().astype(np.float64)
+
+
+def expand_engine_methods(
+    methods: list[str], options: dict[str, dict[str, Any]], engine: EngineOptions
+) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """``methods`` with each ``latentshift-*`` method once per frame mode of ``engine``
+    (:meth:`EngineOptions.variant`), and the options with each of those filled from
+    ``engine`` (:meth:`EngineOptions.kwargs`).
+
+    Raises:
+        ValueError: ``options`` set an engine setting for a Latent Shift method (it would
+            disagree with the recorded ``engine``; pass ``engine=EngineOptions(...)``).
+    """
+    engine_keys = set(engine.kwargs(engine.modes[0]))
+    out_methods: list[str] = []
+    out_options = {k: dict(v) for k, v in (options or {}).items()}
+    for name in methods:
+        base, mode = split_variant(name)
+        if not base.startswith("latentshift"):
+            out_methods.append(name)
+            continue
+        own = out_options.pop(name, {})
+        clash = sorted(engine_keys & set(own))
+        if clash:
+            raise ValueError(
+                f"method_options[{name!r}] sets engine options {clash}; pass them as "
+                "Setup(engine=EngineOptions(...)) so that the manifest records them"
+            )
+        for m in engine.modes if mode is None else (mode,):
+            variant = name if mode is not None else engine.variant(base, m)
+            if variant not in out_methods:
+                out_methods.append(variant)
+                out_options[variant] = {**own, **engine.kwargs(m)}
+    return out_methods, out_options
 
 
 def auc_or_nan(labels: list[int], scores: list[float]) -> float:

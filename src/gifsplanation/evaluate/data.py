@@ -13,6 +13,7 @@ experiment needs (per classifier target, with or without masks) deterministicall
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from collections.abc import Sequence
@@ -126,6 +127,23 @@ def load_item(dataset: MaskedDataset, item: Item) -> tuple[torch.Tensor, np.ndar
     if mask is not None:
         mask = np.asarray(mask, dtype=bool)
     return s["image"][None].float(), mask
+
+
+def load_lung_mask(dataset: Any, index: int) -> np.ndarray | None:
+    """The lung mask (bool ``(S, S)``) of dataset item ``index``, or ``None`` when the
+    dataset has none for it (only :class:`~gifsplanation.datasets.MaskedCXRDataset` with a
+    ``lung_mask`` column or ``lung_masks/`` folder, such as COVID-QU-Ex, has them)."""
+    load = getattr(dataset, "load_mask", None)
+    if not callable(load):
+        return None
+    try:
+        params = inspect.signature(load).parameters
+    except (TypeError, ValueError):
+        return None
+    if "kind" not in params:
+        return None
+    mask = load(index, "lung")
+    return None if mask is None else np.asarray(mask, dtype=bool)
 
 
 class XRVMaskedDataset:

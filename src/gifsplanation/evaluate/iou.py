@@ -19,14 +19,16 @@ import torch
 from ..metrics import chance_iou, iou_top_p, pointing_game, relevance_mass
 from .common import Setup, auc_or_nan
 from .data import load_item
+from .engine import split_variant
 from .maps import build_methods, compute_maps
+from .paired import compare_modes, modes_markdown
 from .run import fmt_mean_sd, markdown_table, mean_sd, plt_agg
 
 
 def run_iou(setup: Setup) -> dict[str, Any]:
     """Run the IoU experiment; write ``per_item.csv``, ``summary.csv``, ``table.md``,
     ``iou.png`` and ``manifest.json`` in ``setup.out``. Returns the summary rows."""
-    run = setup.start("iou")
+    run = setup.start("iou", uses_engine=bool(setup.needs_ae))
     ds = setup.dataset
     items = setup.items(required_by="iou")
     negatives = setup.items(
@@ -51,6 +53,7 @@ def run_iou(setup: Setup) -> dict[str, Any]:
                     "item": item.key,
                     "target": item.target_name,
                     "method": name,
+                    "mode": setup.mode_of(name),
                     "iou": iou_top_p(m, mask),
                     "pointing_game": pointing_game(m, mask),
                     "relevance_mass": relevance_mass(m, mask),
@@ -69,10 +72,28 @@ def run_iou(setup: Setup) -> dict[str, Any]:
     run.write_csv("per_item.csv", rows)
     run.write_csv("summary.csv", summary)
     run.write_csv("paired.csv", paired_comparison(rows, setup.methods))
-    run.write_text("table.md", table_markdown(summary, rows, setup.methods))
+    by_mode = mode_comparison(rows)
+    if by_mode:
+        run.write_csv("paired_modes.csv", by_mode)
+    text = table_markdown(summary, rows, setup.methods)
+    if setup.needs_ae:
+        text = setup.engine.describe() + ".\n\n" + text
+    run.write_text("table.md", text + modes_markdown(by_mode, ("target", "method")))
     _plot(run, summary, setup.methods)
     run.write_manifest("done", n_positives=len(items), n_negatives=len(negatives))
-    return {"summary": summary, "rows": rows, "out": str(setup.out)}
+    return {"summary": summary, "rows": rows, "paired_modes": by_mode, "out": str(setup.out)}
+
+
+MODE_METRICS = ("iou", "pointing_game", "relevance_mass")
+"""Metrics compared between frame modes when a run has both."""
+
+
+def mode_comparison(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per target and Latent Shift method, residual vs reconstruction mode on the same
+    images (:func:`~.paired.compare_modes` over :data:`MODE_METRICS`); empty unless the
+    rows hold both modes."""
+    ls = [{**r, "method": split_variant(r["method"])[0]} for r in rows if r.get("mode")]
+    return compare_modes(ls, ("target", "method"), MODE_METRICS)
 
 
 def _cached_pred(

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..methods import AttributionMethod, LatentShiftMap, get_method
+from .engine import split_variant
 from .run import Run
 
 
@@ -26,15 +27,21 @@ def build_methods(
 ) -> dict[str, AttributionMethod]:
     """``{name: method}`` for ``names``; ``options[name]`` are passed to that method.
 
-    Latent Shift methods need the autoencoder; without one they are skipped with an error
-    naming the fix.
+    A name may carry a frame mode (``latentshift-max@reconstruction``, see
+    :meth:`~.engine.EngineOptions.variant`): the method is the part before ``@``, and its
+    options (from :attr:`~.common.Setup.method_options`) hold the mode. Latent Shift
+    methods need the autoencoder; without one they fail with an error naming the fix.
     """
     options = options or {}
     out: dict[str, AttributionMethod] = {}
     for name in names:
-        out[name] = get_method(
-            name, classifier=classifier, autoencoder=autoencoder, **options.get(name, {})
-        )
+        base, mode = split_variant(name)
+        opts = options.get(name, {})
+        if mode is not None:
+            if opts.get("mode", mode) != mode:
+                raise ValueError(f"{name}: its options say mode={opts['mode']!r}")
+            opts = {**opts, "mode": mode}
+        out[name] = get_method(base, classifier=classifier, autoencoder=autoencoder, **opts)
     return out
 
 

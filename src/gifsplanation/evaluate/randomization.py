@@ -74,7 +74,7 @@ def randomized_copy(model: nn.Module, names: list[str], seed: int) -> nn.Module:
 def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
     """Run the cascading randomisation; write ``per_item.csv``, ``summary.csv``,
     ``table.md``, ``randomization.png`` and ``manifest.json``."""
-    run = setup.start("randomization", {"n_steps": n_steps})
+    run = setup.start("randomization", {"n_steps": n_steps}, uses_engine=bool(setup.needs_ae))
     ds = setup.dataset
     items = setup.items(required_by="randomization")
     steps = cascade_steps(setup.classifier, n_steps)
@@ -109,6 +109,7 @@ def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
                     "item": item.key,
                     "target": item.target_name,
                     "method": name,
+                    "mode": setup.mode_of(name),
                     "step": k,
                     "layers_reset": len(names),
                     "last_layer_reset": names[-1] if names else "",
@@ -128,6 +129,7 @@ def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
             summary.append(
                 {
                     "method": name,
+                    "mode": setup.mode_of(name),
                     "step": k,
                     "layers_reset": len(names),
                     "last_layer_reset": names[-1] if names else "",
@@ -141,7 +143,10 @@ def run_randomization(setup: Setup, n_steps: int | None = 6) -> dict[str, Any]:
             )
     run.write_csv("per_item.csv", rows)
     run.write_csv("summary.csv", summary)
-    run.write_text("table.md", _table(summary, models, setup.methods))
+    text = _table(summary, models, setup.methods)
+    if setup.needs_ae:
+        text = setup.engine.describe() + ".\n\n" + text
+    run.write_text("table.md", text)
     _plot(run, summary, models, setup.methods)
     run.write_manifest(
         "done", n_items=len(items), steps=[{"step": k, "layers_reset": n} for k, n, _ in models]

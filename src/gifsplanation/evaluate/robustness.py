@@ -49,7 +49,9 @@ def run_robustness(
     """Run the robustness experiment; write ``per_item.csv``, ``summary.csv``, ``table.md``,
     ``robustness.png`` and ``manifest.json``."""
     run = setup.start(
-        "robustness", {"noise_levels": list(noise_levels), "blur_sigmas": list(blur_sigmas)}
+        "robustness",
+        {"noise_levels": list(noise_levels), "blur_sigmas": list(blur_sigmas)},
+        uses_engine=bool(setup.needs_ae),
     )
     ds = setup.dataset
     items = setup.items(required_by="robustness")
@@ -83,6 +85,7 @@ def run_robustness(
                         "item": item.key,
                         "target": item.target_name,
                         "method": name,
+                        "mode": setup.mode_of(name),
                         "kind": k,
                         "level": level,
                         "iou": iou_top_p(m, mask),
@@ -116,7 +119,10 @@ def run_robustness(
                 )
     run.write_csv("per_item.csv", rows)
     run.write_csv("summary.csv", summary)
-    run.write_text("table.md", _table(summary, setup.methods))
+    text = _table(summary, setup.methods)
+    if setup.needs_ae:
+        text = setup.engine.describe() + ".\n\n" + text
+    run.write_text("table.md", text)
     _plot(run, summary, setup.methods)
     run.write_manifest("done", n_items=len(items))
     return {"summary": summary, "rows": rows, "out": str(setup.out)}

@@ -3,7 +3,10 @@
 Writes :class:`gifsplanation.testing.BlobData` images and blob masks as 8-bit PNGs in the
 layout :class:`gifsplanation.datasets.MaskedCXRDataset` reads (``<label>/images/*.png``
 and ``<label>/infection_masks/*.png``), labels ``blob`` (positives with masks) and
-``none`` (negatives, empty masks). Synthetic: no real image is involved.
+``none`` (negatives, empty masks); with ``lung_masks=True`` also ``<label>/lung_masks/``:
+two "lung" rectangles joined with the blob's disc grown by 4 px, so the blob always lies
+inside the lungs and its surroundings are partly outside them. Synthetic: no real image is
+involved.
 
 Example:
     >>> import tempfile
@@ -23,8 +26,12 @@ from PIL import Image
 from ..testing import BlobData
 
 
-def write_blob_dataset(root: str | Path, n_per_label: int = 6, seed: int = 7) -> Path:
-    """Write ``n_per_label`` blob and no-blob images with masks under ``root``; return it."""
+def write_blob_dataset(
+    root: str | Path, n_per_label: int = 6, seed: int = 7, lung_masks: bool = False
+) -> Path:
+    """Write ``n_per_label`` blob and no-blob images with masks under ``root``; return it.
+
+    ``lung_masks=True`` adds a lung mask per image (see the module docstring)."""
     root = Path(root)
     data = BlobData(seed=seed)
     for label, positive in (("blob", True), ("none", False)):
@@ -34,8 +41,26 @@ def write_blob_dataset(root: str | Path, n_per_label: int = 6, seed: int = 7) ->
         mask_dir.mkdir(parents=True, exist_ok=True)
         pixels = ((x[:, 0].numpy() + 1024) / 2048 * 255).round().clip(0, 255).astype(np.uint8)
         for i in range(n_per_label):
-            Image.fromarray(pixels[i]).save(img_dir / f"{label}_{i}.png")
-            Image.fromarray(masks[i].numpy().astype(np.uint8) * 255).save(
-                mask_dir / f"{label}_{i}.png"
-            )
+            name = f"{label}_{i}.png"
+            mask = masks[i].numpy()
+            Image.fromarray(pixels[i]).save(img_dir / name)
+            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_dir / name)
+            if lung_masks:
+                lung_dir = root / label / "lung_masks"
+                lung_dir.mkdir(exist_ok=True)
+                lungs = _lungs(mask)
+                Image.fromarray(lungs.astype(np.uint8) * 255).save(lung_dir / name)
     return root
+
+
+def _lungs(blob: np.ndarray) -> np.ndarray:
+    """Two upright rectangles (the "lungs") joined with the blob grown by 4 px."""
+    from scipy import ndimage
+
+    h, w = blob.shape
+    lungs = np.zeros((h, w), dtype=bool)
+    lungs[h // 4 : h - h // 4, w // 8 : w // 2 - w // 16] = True
+    lungs[h // 4 : h - h // 4, w // 2 + w // 16 : w - w // 8] = True
+    if blob.any():
+        lungs |= ndimage.binary_dilation(blob, iterations=4)
+    return lungs
