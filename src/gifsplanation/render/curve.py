@@ -2,6 +2,10 @@
 
 This is the plot to read first when a GIF looks wrong: it shows how far the search went
 on each side, which goal it aimed for, and why it stopped.
+
+Target names are user data (``$``, ``_``, ``^`` and ``\\`` are common in them), so every
+text is drawn literally: Matplotlib's mathtext and usetex are off for each Text object
+(not through the global ``rcParams``, which other threads may be using).
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from pathlib import Path
 
 from .._core.explanation import Explanation
 from ._common import write_bytes
+
+_LITERAL = {"parse_math": False, "usetex": False}
+"""Text properties that draw a string as-is (no ``$…$`` mathtext, no LaTeX)."""
 
 
 def save_curve(
@@ -54,16 +61,18 @@ def save_curve(
         [0.0], [s["input_pred"]], "D", color="tab:green", label=f"input p={s['input_pred']:.3f}"
     )
     name = s["target_name"] or f"output {s['target']}"
-    ax.set_xlabel("λ  (negative removes, positive adds)")
-    ax.set_ylabel(f"p({name})")
+    ax.set_xlabel("λ  (negative removes, positive adds)", **_LITERAL)
+    ax.set_ylabel(f"p({name})", **_LITERAL)
     ax.set_ylim(-0.02, 1.02)
     n_evals = sum(s["evaluations"].values())
     ax.set_title(
         f"Latent Shift: {name}  ({exp.strategy} search, {n_evals} evaluations)",
         fontsize=10,
+        **_LITERAL,
     )
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="best")
+    for text in ax.legend(fontsize=7, loc="best").get_texts():
+        text.update(_LITERAL)
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
