@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import glob
+import os
+import signal
+import stat
+import struct
+import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -42,9 +49,46 @@ def test_colour_images_become_gray_with_a_warning(tmp_path, mode):
     g = (_gradient() * 255).astype(np.uint8)
     rgb = np.stack([g, g // 2, 255 - g] + ([np.full_like(g, 255)] if mode == "RGBA" else []), -1)
     Image.fromarray(rgb, mode).save(tmp_path / "c.png")
-    with pytest.warns(ColorImageWarning, match="converted to grayscale"):
+    with pytest.warns(ColorImageWarning, match="converted to grayscale") as record:
         x = load_image(tmp_path / "c.png", size=32)
     assert x.shape == (1, 1, 32, 32)
+    assert len(record) == 1 and "luminance of the colours" in str(record[0].message)
+
+
+def test_one_pixel_of_colour_is_enough_to_warn(tmp_path):
+    g = (_gradient() * 255).astype(np.uint8)
+    rgb = np.stack([g] * 3, -1)
+    rgb[10, 20, 0] ^= 1  # red differs by one level in one pixel
+    Image.fromarray(rgb).save(tmp_path / "tint.png")
+    with pytest.warns(ColorImageWarning, match="tint.png: RGB image converted to grayscale"):
+        load_image(tmp_path / "tint.png", size=32)
+
+
+def _gray_as(mode: str, g: np.ndarray) -> Image.Image:
+    if mode == "RGB":
+        return Image.fromarray(np.stack([g] * 3, -1))
+    if mode == "RGBA":
+        return Image.fromarray(np.stack([g] * 3 + [np.full_like(g, 255)], -1))
+    if mode == "LA":
+        return Image.fromarray(g).convert("LA")
+    im = Image.fromarray(g).convert("P")  # a gray palette
+    assert im.mode == "P"
+    return im
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "LA", "P"])
+def test_grayscale_stored_as_colour_is_read_silently_as_grayscale(tmp_path, caplog, mode):
+    g = (_gradient() * 255).astype(np.uint8)
+    Image.fromarray(g).save(tmp_path / "gray.png")
+    _gray_as(mode, g).save(tmp_path / "stored.png")
+    assert Image.open(tmp_path / "stored.png").mode == mode
+    caplog.set_level("DEBUG", logger="gifsplanation")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning (ColorImageWarning included) fails
+        got = load_image(tmp_path / "stored.png", size=32)
+    assert torch.equal(got, load_image(tmp_path / "gray.png", size=32))
+    assert "identical channels read as grayscale" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= 30]
 
 
 def test_jpg_and_gray_rgb_jpg_agree(tmp_path):
@@ -52,7 +96,8 @@ def test_jpg_and_gray_rgb_jpg_agree(tmp_path):
     Image.fromarray(g).save(tmp_path / "g.jpg", quality=95)
     Image.fromarray(np.stack([g] * 3, -1)).save(tmp_path / "rgb.jpg", quality=95)
     a = load_image(tmp_path / "g.jpg", size=32)
-    with pytest.warns(ColorImageWarning, match="identical"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ColorImageWarning)
         b = load_image(tmp_path / "rgb.jpg", size=32)
     assert torch.allclose(a, b, atol=40)
 
@@ -104,6 +149,173 @@ def test_missing_folder_tiny_and_huge_images(tmp_path, monkeypatch):
         load_image(tmp_path / "big.png")
 
 
+# -- unusual files: every failure is one line that starts with the path ----------------
+
+
+def _one_line_error(path, match: str = "") -> str:
+    """The ImageLoadError message for ``path``, checked: one printable line, path first."""
+    with pytest.raises(ImageLoadError, match=match) as info:
+        _call_with_timeout(load_image, path, size=32)
+    message = str(info.value)
+    assert message.startswith(f"{path}: "), message
+    assert message.isprintable() and "\n" not in message, repr(message)
+    return message
+
+
+class _TimedOut(BaseException):
+    """Raised by SIGALRM inside a call that took too long (not an Exception: nothing eats it)."""
+
+
+def _call_with_timeout(fn, *args, timeout: float = 20.0, **kwargs):
+    """``fn(*args, **kwargs)``, failing the test (instead of hanging it) after ``timeout`` s.
+
+    SIGALRM interrupts the call itself, so a runaway search stops rather than running on
+    in the background; without it (Windows, another thread) a daemon thread is used.
+    """
+    if (
+        not hasattr(signal, "setitimer")
+        or threading.current_thread() is not threading.main_thread()
+    ):
+        result: dict = {}
+
+        def run() -> None:
+            try:
+                result["value"] = fn(*args, **kwargs)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller
+                result["error"] = e
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            pytest.fail(f"{fn.__name__} did not return within {timeout:g} s")
+        if "error" in result:
+            raise result["error"]
+        return result["value"]
+
+    def expire(signum, frame) -> None:  # noqa: ANN001
+        raise _TimedOut
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        return fn(*args, **kwargs)
+    except _TimedOut:
+        pytest.fail(f"{fn.__name__} did not return within {timeout:g} s")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_folder_named_like_an_image(tmp_path):
+    (tmp_path / "x.png").mkdir()
+    _one_line_error(tmp_path / "x.png", "is a folder")
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no named pipes on this platform")
+def test_named_pipe_named_like_an_image_does_not_hang(tmp_path):
+    for name in ("x.png", "x.dcm", "x"):
+        os.mkfifo(tmp_path / name)  # opening it for reading would block forever
+        _one_line_error(tmp_path / name, "not a regular file \\(a named pipe\\)")
+    assert not gio.is_dicom(tmp_path / "x")
+    # A folder holding pipes lists none of them (and does not block either).
+    (tmp_path / "ok.png").write_bytes(b"x")
+    assert _call_with_timeout(expand_inputs, [tmp_path]) == [tmp_path / "ok.png"]
+
+
+@pytest.mark.skipif(not Path("/dev/null").exists(), reason="no /dev/null")
+def test_device_is_refused():
+    _one_line_error(Path("/dev/null"), "not a regular file \\(a device\\)")
+
+
+def test_unreadable_file(tmp_path):
+    f = tmp_path / "locked.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(f)
+    f.chmod(0)
+    try:
+        if os.access(f, os.R_OK):
+            pytest.skip("running as root (or with CAP_DAC_OVERRIDE): every file is readable")
+        _one_line_error(f, "permission denied")
+    finally:
+        f.chmod(stat.S_IRUSR | stat.S_IWUSR)
+
+
+def test_unreadable_file_simulated(tmp_path, monkeypatch):
+    # Root reads everything, so also fake both ways a read can be refused.
+    f = tmp_path / "locked.png"
+    Image.fromarray(np.zeros((32, 32), np.uint8)).save(f)
+    monkeypatch.setattr(gio.os, "access", lambda path, mode: False)
+    _one_line_error(f, "permission denied")
+    monkeypatch.undo()
+
+    def refuse(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - e.g. an ACL or SELinux
+        raise PermissionError(13, "Permission denied", str(f))
+
+    monkeypatch.setattr(gio.Image, "open", refuse)
+    _one_line_error(f, "cannot read image \\(PermissionError")
+
+
+@pytest.mark.parametrize("n_bytes", [8, 12, 16, 20, 24, 29, 33, 40, 60])
+def test_png_truncated_in_the_header(tmp_path, n_bytes):
+    full = tmp_path / "full.png"
+    Image.fromarray((_gradient() * 255).astype(np.uint8)).save(full)
+    f = tmp_path / "cut.png"
+    f.write_bytes(full.read_bytes()[:n_bytes])
+    _one_line_error(f, "corrupt|truncated|cannot read")
+
+
+@pytest.mark.parametrize("shape", [(1, 100_000), (100_000, 1)])
+def test_one_pixel_wide_images_are_too_small(tmp_path, shape):
+    f = tmp_path / "line.png"
+    Image.fromarray(np.zeros(shape, np.uint8)).save(f)
+    message = _one_line_error(f, "too small")
+    assert f"{shape[1]}x{shape[0]} pixels" in message
+
+
+def test_tiff_without_frames(tmp_path):
+    f = tmp_path / "empty.tif"
+    # A little-endian TIFF header whose first image directory has no entries.
+    f.write_bytes(b"II*\x00" + struct.pack("<IHI", 8, 0, 0))
+    _one_line_error(f, "corrupt or truncated")
+    g = tmp_path / "nowhere.tif"  # first directory beyond the end of the file
+    g.write_bytes(b"II*\x00" + struct.pack("<I", 1000))
+    _one_line_error(g, "corrupt or truncated")
+
+
+def test_corrupted_files_always_give_one_line_errors(tmp_path):
+    # Seeded random byte flips and truncations of small PNG/TIFF/JPEG/BMP/DICOM files: each
+    # result is either an image or a one-line ImageLoadError (before, struct.error,
+    # TypeError and pydicom's BytesLengthException escaped, and messages could hold
+    # control characters taken from the file).
+    rng = np.random.default_rng(0)
+    g = (rng.random((48, 48)) * 255).astype(np.uint8)
+    sources = {}
+    for suffix, kwargs in ((".png", {}), (".tif", {}), (".jpg", {}), (".bmp", {})):
+        Image.fromarray(g).save(tmp_path / f"src{suffix}", **kwargs)
+        sources[suffix] = (tmp_path / f"src{suffix}").read_bytes()
+    sources[".dcm"] = _write_dicom(tmp_path / "src.dcm", g.astype(np.uint16) * 16).read_bytes()
+    outcomes = {"image": 0, "error": 0}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for k in range(150):
+            suffix = list(sources)[k % len(sources)]
+            data = bytearray(sources[suffix])
+            for i in rng.integers(0, min(len(data), 600), rng.integers(1, 8)):
+                data[i] = rng.integers(0, 256)
+            if rng.random() < 0.3:
+                data = data[: rng.integers(1, len(data))]
+            f = tmp_path / f"fuzz{k}{suffix}"
+            f.write_bytes(bytes(data))
+            try:
+                load_image(f, size=16)
+                outcomes["image"] += 1
+            except ImageLoadError as e:
+                message = str(e)
+                assert message.startswith(f"{f}: ") and message.isprintable(), repr(message)
+                outcomes["error"] += 1
+    assert outcomes["error"] > 50
+
+
 # -- DICOM -----------------------------------------------------------------------------
 
 
@@ -149,6 +361,30 @@ def test_dicom_voi_lut_option_windows_the_image(tmp_path):
     assert not torch.allclose(raw, windowed, atol=10)
     # Windowing saturates everything right of the window at the top of the range.
     assert float(windowed[0, 0, :, -10:].min()) > 1000 > float(raw[0, 0, :, 20].mean())
+
+
+def test_dicom_with_a_broken_header(tmp_path):
+    pixels = (_gradient(48, 48) * 4095).astype(np.uint16)
+    good = _write_dicom(tmp_path / "good.dcm", pixels).read_bytes()
+    # The file meta group length (0002,0000) UL with a length of 3 bytes instead of 4.
+    at = good.index(b"\x02\x00\x00\x00UL\x04\x00")
+    odd = tmp_path / "odd_length.dcm"
+    odd.write_bytes(good[: at + 6] + b"\x03\x00" + good[at + 8 :])
+    _one_line_error(odd, "broken DICOM header")
+    # Rows holding two values.
+    _one_line_error(_write_dicom(tmp_path / "rows.dcm", pixels, Rows=[48, 48]), "broken DICOM")
+    # Only the preamble and the magic bytes, then a cut element.
+    cut = tmp_path / "cut"
+    cut.write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\xff\xff1.2")
+    _one_line_error(cut, "without an image")
+    # A transfer syntax UID with a newline inside: the message stays on one line.
+    uid = b"1.2.840.10008.1.2.1\x00"
+    assert good.count(uid) == 1
+    nl = tmp_path / "newline_uid.dcm"
+    nl.write_bytes(good.replace(uid, b"1.2.840.10008\n1.2.1\x00"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        _one_line_error(nl, "")
 
 
 def test_rgb_dicom_and_dicom_without_image_are_refused():
@@ -219,3 +455,91 @@ def test_expand_inputs_folders_globs_csv_and_missing(tmp_path):
     (tmp_path / "bad.csv").write_text("path\nb.png\n")
     with pytest.raises(ValueError, match="no 'image' column"):
         expand_inputs([tmp_path / "bad.csv"])
+
+
+def _loop_tree(root: Path) -> Path:
+    """One image in a folder whose subfolders link to each other and to their parent."""
+    folder = root / "data"
+    (folder / "a").mkdir(parents=True)
+    (folder / "b").mkdir()
+    (folder / "a" / "to_b").symlink_to("../b", target_is_directory=True)
+    (folder / "b" / "to_a").symlink_to("../a", target_is_directory=True)
+    (folder / "a" / "up").symlink_to("..", target_is_directory=True)
+    (folder / "self").symlink_to(".", target_is_directory=True)
+    (folder / "loop1").symlink_to("loop2")  # two links naming each other (ELOOP)
+    (folder / "loop2").symlink_to("loop1")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(folder / "b" / "only.png")
+    return folder
+
+
+@pytest.mark.parametrize("form", ["folder", "glob", "glob_any", "glob_all"])
+def test_expand_inputs_does_not_follow_symlink_loops(tmp_path, form):
+    folder = _loop_tree(tmp_path)
+    arg = {
+        "folder": folder,
+        "glob": f"{folder}/**/*.png",
+        "glob_any": f"{folder}/**",
+        "glob_all": f"{folder}/**/*",
+    }[form]
+    got = _call_with_timeout(expand_inputs, [arg], timeout=10)
+    if form in ("folder", "glob"):
+        assert got == [folder / "b" / "only.png"]
+    else:
+        # Like glob.glob, ``**`` and ``**/*`` also list the two dangling links (the run
+        # reports them as missing files); no image is found twice through a link.
+        assert got == sorted([folder / "b" / "only.png", folder / "loop1", folder / "loop2"])
+
+
+def test_expand_inputs_reads_symlinked_files_and_an_explicit_symlinked_folder(tmp_path):
+    folder = _loop_tree(tmp_path)
+    (folder / "link.png").symlink_to(folder / "b" / "only.png")
+    got = _call_with_timeout(expand_inputs, [folder], timeout=10)
+    assert got == [folder / "b" / "only.png", folder / "link.png"]
+    # A directory symlink named on the command line is entered (once).
+    entry = tmp_path / "entry"
+    entry.symlink_to(folder / "b", target_is_directory=True)
+    for arg in (entry, f"{entry}/**/*.png"):
+        assert _call_with_timeout(expand_inputs, [arg], timeout=10) == [entry / "only.png"]
+    # A pattern without ``**`` has a fixed depth, so it may pass through a linked folder.
+    got = _call_with_timeout(expand_inputs, [f"{folder}/a/*/*.png"], timeout=10)
+    assert got == [folder / "a" / "to_b" / "only.png", folder / "a" / "up" / "link.png"]
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        "*.png",
+        "**/*.png",
+        "**",
+        "**/",
+        "*/",
+        "*/*.jpg",
+        "sub/**/*.dcm",
+        "sub/**",
+        "**/deep/*",
+        "s*/**/x?.png",
+        "[ab].png",
+        ".hidden/*.png",
+        "*/.*.png",
+        "nothing/**/*.png",
+    ],
+)
+def test_glob_agrees_with_the_glob_module_without_symlinks(tmp_path, monkeypatch, pattern):
+    for name in (
+        "a.png",
+        "b.png",
+        "c.jpg",
+        "sub/x1.png",
+        "sub/x2.jpg",
+        "sub/deep/x3.png",
+        "sub/deep/y.dcm",
+        "sub/.dot.png",
+        "other/z.jpg",
+        ".hidden/h.png",
+    ):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    for prefix in (f"{tmp_path}{os.sep}", ""):  # absolute, and relative to the cwd
+        monkeypatch.chdir(tmp_path)
+        want = glob.glob(prefix + pattern, recursive=True)
+        assert sorted(map(Path, gio._glob(prefix + pattern))) == sorted(map(Path, want))

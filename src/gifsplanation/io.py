@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import fnmatch
 import glob
 import logging
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -58,6 +60,8 @@ def is_dicom(path: str | os.PathLike[str]) -> bool:
     p = Path(path)
     if p.suffix.lower() in (".dcm", ".dicom", ".dic"):
         return True
+    if not p.is_file():  # opening a named pipe or a device would block or never end
+        return False
     try:
         with open(p, "rb") as f:
             header = f.read(132)
@@ -73,7 +77,8 @@ def load_image(
 
     Args:
         path: a PNG, JPG, TIFF or BMP (8- or 16-bit; RGB/RGBA/palette images are converted
-            to grayscale with a :class:`ColorImageWarning`) or a DICOM file (detected by
+            to grayscale, with a :class:`ColorImageWarning` unless their colour channels
+            are identical, i.e. grayscale stored as RGB) or a DICOM file (detected by
             suffix or magic bytes; MONOCHROME1 is inverted; compressed transfer syntaxes
             work when pydicom has a decoder for them).
         size: output side length (default 224, the bundled models' input size).
@@ -85,8 +90,9 @@ def load_image(
         ``XRayCenterCrop`` + ``XRayResizer(size)``.
 
     Raises:
-        ImageLoadError: missing, empty, unreadable, non-image, colour DICOM, too large or
-            too small files; the message names the file and the reason.
+        ImageLoadError: missing, empty, unreadable, non-image, corrupt, colour DICOM, too
+            large or too small files, folders, named pipes and devices; the message is one
+            line starting with the file's path, then the reason.
 
     Example:
         >>> import tempfile, pathlib, numpy as np
@@ -102,25 +108,51 @@ def load_image(
     p = Path(path)
     if not p.exists():
         raise ImageLoadError(f"{p}: file not found")
-    if p.is_dir():
+    try:
+        st = p.stat()
+    except OSError as e:
+        raise ImageLoadError(f"{p}: cannot read file ({_one_line(e)})") from None
+    if stat.S_ISDIR(st.st_mode):
         raise ImageLoadError(f"{p}: is a folder, not an image file")
-    n_bytes = p.stat().st_size
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageLoadError(f"{p}: not a regular file ({_file_kind(st.st_mode)})")
+    n_bytes = st.st_size
     if n_bytes == 0:
         raise ImageLoadError(f"{p}: empty file (0 bytes)")
     if n_bytes > MAX_FILE_BYTES:
         raise ImageLoadError(f"{p}: file too large ({n_bytes / 1024**3:.1f} GiB)")
+    if not os.access(p, os.R_OK):
+        raise ImageLoadError(f"{p}: permission denied (the file is not readable)")
     try:
         arr = _read_dicom(p, voi_lut) if is_dicom(p) else _read_pillow(p)
     except ImageLoadError:
         raise
-    except (OSError, ValueError, RuntimeError, NotImplementedError, AttributeError) as e:
+    except Exception as e:  # noqa: BLE001 - decoders fail on odd files in many ways
+        # (struct.error, TypeError, pydicom's BytesLengthException, ...); each must become
+        # the one-line error that the batch reports next to the file.
         raise ImageLoadError(f"{p}: cannot read image ({_one_line(e)})") from e
     return _to_model_convention(arr, size)
 
 
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a file"
+
+
+def _printable(text: object, limit: int = 200) -> str:
+    """``text`` on one line: control characters escaped, at most ``limit`` characters."""
+    s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return s if len(s) <= limit else s[: limit - 1] + "…"
+
+
 def _one_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+    return f"{type(e).__name__}: {_printable(text[0])}" if text else type(e).__name__
 
 
 def _check_shape(p: Path, height: int, width: int, frames: int = 1) -> None:
@@ -138,10 +170,14 @@ def _read_pillow(p: Path) -> np.ndarray:
     """A float (H, W) array in [−1024, 1024] from a Pillow-readable file."""
     try:
         with warnings.catch_warnings():
+            # Pillow warns (e.g. "Corrupt EXIF data") on broken files; the error says it.
+            warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(p)
     except UnidentifiedImageError:
-        raise ImageLoadError(f"{p}: not an image format Pillow or pydicom can read") from None
+        raise ImageLoadError(
+            f"{p}: not an image format Pillow or pydicom can read (or a corrupt or truncated file)"
+        ) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise ImageLoadError(f"{p}: image too large ({_one_line(e)})") from None
     with im:
@@ -150,8 +186,10 @@ def _read_pillow(p: Path) -> np.ndarray:
         if getattr(im, "n_frames", 1) > 1:
             log.warning("%s: %d frames; using the first", p, im.n_frames)
         try:
-            im.load()
-        except (OSError, SyntaxError) as e:
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", category=UserWarning, module="PIL")
+                im.load()
+        except (OSError, SyntaxError, ValueError, TypeError) as e:
             raise ImageLoadError(f"{p}: truncated or corrupt image ({_one_line(e)})") from None
         return _pillow_to_array(p, im)
 
@@ -159,11 +197,14 @@ def _read_pillow(p: Path) -> np.ndarray:
 def _pillow_to_array(p: Path, im: Image.Image) -> np.ndarray:
     mode = im.mode
     if mode in ("RGB", "RGBA", "LA", "P", "PA", "CMYK", "YCbCr", "HSV", "LAB", "RGBX"):
-        rgb = np.asarray(im.convert("RGB")).astype(np.int16)
-        same = bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
-        detail = "its channels are identical" if same else "luminance of the colours"
+        rgb = np.asarray(im.convert("RGB"))
+        r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+        if np.array_equal(r, g) and np.array_equal(g, b):
+            # Grayscale saved as RGB (common for exported X-rays): nothing is lost.
+            log.debug("%s: %s image with identical channels read as grayscale", p, mode)
+            return _normalize(r, 255)
         warnings.warn(
-            f"{p}: {mode} image converted to grayscale ({detail})",
+            f"{p}: {mode} image converted to grayscale (luminance of the colours)",
             ColorImageWarning,
             stacklevel=4,
         )
@@ -213,19 +254,26 @@ def _read_dicom(p: Path, voi_lut: bool) -> np.ndarray:
     from pydicom.errors import InvalidDicomError
 
     try:
-        header = pydicom.dcmread(p, stop_before_pixels=True, force=True)
-    except (InvalidDicomError, OSError, ValueError, EOFError) as e:
+        with warnings.catch_warnings(record=True) as caught, _quiet_pydicom():
+            warnings.simplefilter("always")
+            header = pydicom.dcmread(p, stop_before_pixels=True, force=True)
+            interpretation = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+            rows = int(header.get("Rows", 0) or 0)
+            cols = int(header.get("Columns", 0) or 0)
+            frames = int(header.get("NumberOfFrames", 1) or 1)
+    except InvalidDicomError as e:
         raise ImageLoadError(f"{p}: not a readable DICOM file ({_one_line(e)})") from None
-    interpretation = str(header.get("PhotometricInterpretation", "MONOCHROME2"))
+    except Exception as e:  # noqa: BLE001 - a broken header fails in many ways
+        raise ImageLoadError(f"{p}: broken DICOM header ({_one_line(e)})") from None
+    for w in caught:
+        log.debug("%s: pydicom: %s", p, _printable(w.message))
     if interpretation not in _MONOCHROME:
         raise ImageLoadError(
-            f"{p}: {interpretation} (colour) DICOM is not supported; chest X-rays are "
-            "MONOCHROME1/2 — convert it to grayscale first"
+            f"{p}: {_printable(interpretation, 40)} (colour) DICOM is not supported; chest "
+            "X-rays are MONOCHROME1/2 — convert it to grayscale first"
         )
-    rows, cols = int(header.get("Rows", 0) or 0), int(header.get("Columns", 0) or 0)
     if not rows or not cols:
         raise ImageLoadError(f"{p}: DICOM file without an image (no Rows/Columns)")
-    frames = int(header.get("NumberOfFrames", 1) or 1)
     _check_shape(p, rows, cols, frames)
     xrv = _xrv()
     with warnings.catch_warnings(record=True) as caught, _quiet_pydicom():
@@ -240,7 +288,7 @@ def _read_dicom(p: Path, voi_lut: bool) -> np.ndarray:
             syntax = header.file_meta.get("TransferSyntaxUID") if header.file_meta else None
             name = getattr(syntax, "name", syntax) or "unknown transfer syntax"
             raise ImageLoadError(
-                f"{p}: cannot decode {name} pixel data; install a pydicom decoder "
+                f"{p}: cannot decode {_printable(name, 80)} pixel data; install a pydicom decoder "
                 "(pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg)"
             ) from e
     for w in caught:
@@ -306,13 +354,105 @@ def _is_glob(arg: str) -> bool:
 
 
 def _files_in(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, without following directory symlinks.
+
+    ``folder`` itself may be a symlink (given explicitly, it is entered once); symlinks to
+    directories below it are skipped, so links pointing back up cannot loop. Symlinks to
+    files are kept.
+    """
     found = []
-    for f in sorted(folder.rglob("*")):
-        if not f.is_file() or f.name.startswith("."):
-            continue
-        if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f)):
-            found.append(f)
-    return found
+    for root, _dirs, names in os.walk(folder, followlinks=False):
+        for name in names:
+            f = Path(root, name)
+            if name.startswith(".") or not f.is_file():
+                continue
+            if f.suffix.lower() in IMAGE_SUFFIXES or (not f.suffix and is_dicom(f)):
+                found.append(f)
+    return sorted(found)
+
+
+def _glob(pattern: str) -> list[str]:
+    """``glob.glob(pattern, recursive=True)``, except that ``**`` never enters symlinked folders.
+
+    The standard ``**`` follows directory symlinks, so two links pointing at each other
+    (or one at its parent) make it run until the path length limit — in effect forever.
+    Otherwise glob's rules hold: ``*`` and ``**`` skip names starting with a dot, a
+    trailing separator matches folders only, and a non-recursive component may pass
+    through a symlinked folder (the pattern bounds its depth).
+    """
+    seps = tuple(c for c in (os.sep, os.altsep) if c)
+    drive, rest = os.path.splitdrive(pattern)
+    body = rest.lstrip("".join(seps))
+    anchor = drive + rest[: len(rest) - len(body)]
+    folders_only = body.endswith(seps)
+    for sep in seps[1:]:
+        body = body.replace(sep, os.sep)
+    parts = [c for c in body.split(os.sep) if c]
+    i = 0
+    while i < len(parts) and not glob.has_magic(parts[i]):
+        i += 1
+    found: list[str] = []
+
+    def join(folder: str, name: str) -> str:
+        return os.path.join(folder, name) if folder else name
+
+    def is_dir(e: os.DirEntry[str], follow: bool) -> bool:
+        try:
+            return e.is_dir(follow_symlinks=follow)
+        except OSError:
+            return False
+
+    def entries(folder: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(folder or os.curdir) as it:
+                return list(it)
+        except OSError:
+            return []
+
+    def match(path: str, entry: os.DirEntry[str] | None = None) -> None:
+        if not path:  # a relative ``**`` matching zero folders: glob omits ""
+            return
+        if not folders_only:
+            found.append(path)
+        elif is_dir(entry, follow=True) if entry is not None else os.path.isdir(path):
+            found.append(path)
+
+    def walk(folder: str, k: int) -> None:
+        if k == len(parts):
+            match(folder)
+            return
+        part, last = parts[k], k == len(parts) - 1
+        if part == "**":
+            walk(folder, k + 1)  # ``**`` matching zero folders
+            for e in entries(folder):
+                if e.name.startswith("."):
+                    continue
+                if is_dir(e, follow=False):
+                    walk(join(folder, e.name), k)
+                elif last and not is_dir(e, follow=True):  # a file (or a link to one)
+                    match(join(folder, e.name), e)
+        elif glob.has_magic(part):
+            for e in entries(folder):
+                if e.name.startswith(".") and not part.startswith("."):
+                    continue
+                if fnmatch.fnmatch(e.name, part):
+                    if last:
+                        match(join(folder, e.name), e)
+                    elif is_dir(e, follow=True):
+                        walk(join(folder, e.name), k + 1)
+        else:
+            path = join(folder, part)
+            if last:
+                if os.path.lexists(path):
+                    match(path)
+            elif os.path.isdir(path):
+                walk(path, k + 1)
+
+    base = os.path.join(anchor, *parts[:i]) if anchor or i else ""
+    if i == len(parts):
+        return [base] if os.path.lexists(base) else []
+    walk(base, i)
+    return list(dict.fromkeys(found))
 
 
 def _files_in_csv(path: Path, column: str) -> list[Path]:
@@ -336,7 +476,9 @@ def expand_inputs(
     Args:
         args: files, folders (searched recursively for image suffixes and extension-less
             DICOM files), glob patterns (``**`` allowed), or ``.csv`` files with an
-            ``image`` column (paths relative to the CSV's folder).
+            ``image`` column (paths relative to the CSV's folder). Recursion (folders and
+            ``**``) does not follow symlinks to folders, so link loops cannot hang it;
+            symlinked files are read.
         csv_column: the CSV column holding image paths (default ``"image"``).
 
     Returns:
@@ -366,11 +508,15 @@ def expand_inputs(
         elif p.is_file() and p.suffix.lower() == ".csv":
             out.extend(_files_in_csv(p, csv_column))
         elif not p.exists() and _is_glob(text):
-            matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
+            matches = sorted(_glob(os.path.expanduser(text)))
             if not matches:
                 raise ValueError(f"{text}: the pattern matched no files")
+            recursive = "**" in Path(text).parts
             for m in map(Path, matches):
-                out.extend(_files_in(m) if m.is_dir() else [m])
+                if not m.is_dir():
+                    out.append(m)
+                elif not (recursive and m.is_symlink()):  # ``**`` does not enter those
+                    out.extend(_files_in(m))
         else:
             out.append(p)
     return list(dict.fromkeys(out))
