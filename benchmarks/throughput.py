@@ -69,7 +69,7 @@ def _worker(args: argparse.Namespace) -> None:
     import torch.distributed as dist
 
     from gifsplanation.distributed import explain_dataset, launch
-    from gifsplanation.pipeline import ExplainOptions
+    from gifsplanation.runs import ExplainOptions
 
     files = Path(args.list).read_text().split("\n")
     files = [f for f in files if f]

@@ -3,6 +3,7 @@ a folder for test artefacts (screenshots, GIFs) that CI keeps."""
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -20,8 +21,37 @@ torch.set_flush_denormal(True)
 
 @pytest.fixture(scope="session")
 def tiny():
-    """(classifier, autoencoder, data) trained in seconds on the synthetic blob task."""
+    """(classifier, autoencoder, data): the shipped tiny models of the synthetic blob task."""
     return tiny_models()
+
+
+@pytest.fixture()
+def tiny32(tiny):
+    """Copies of the tiny models that say they read 32×32 inputs (files are loaded at
+    that size), named like registry models; safe to modify in a test."""
+    clf, ae, _ = tiny
+    clf, ae = copy.deepcopy(clf), copy.deepcopy(ae)
+    clf.input_size = 32
+    clf.name = "tiny-blob-classifier"
+    return clf, ae
+
+
+@pytest.fixture()
+def tiny_cli(tiny, tiny32, monkeypatch):
+    """Make the command line use the tiny models and a blob image as the demo; returns the
+    list of (classifier, autoencoder, device) each model load asked for."""
+    from gifsplanation.cli import common
+
+    calls = []
+
+    def fake_models(classifier, autoencoder, device):
+        calls.append((classifier, autoencoder, device))
+        return tiny32
+
+    demo = BlobData(seed=77).positive(1)  # like the real demo image: the same every time
+    monkeypatch.setattr(common, "load_models", fake_models)
+    monkeypatch.setattr(common, "demo_image", lambda: demo.clone())
+    return calls
 
 
 @pytest.fixture()

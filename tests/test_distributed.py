@@ -13,32 +13,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gifsplanation import pipeline
 from gifsplanation.distributed import explain_dataset, launch, shard
-from gifsplanation.pipeline import ExplainOptions
+from gifsplanation.runs import ExplainOptions, outputs
 
-# Runs `gifsplanation` with the tiny models saved by the test (torch.save of the modules),
-# in place of the registry; GIFSPLANATION_TEST_KILL="RANK:N" makes process RANK kill
-# itself (SIGKILL) when it is about to write its N-th explanation.json.
+# Runs `gifsplanation` with the shipped tiny models in place of the registry;
+# GIFSPLANATION_TEST_KILL="RANK:N" makes process RANK kill itself (SIGKILL) when it is
+# about to write its N-th explanation.json.
 LAUNCHER = """
 import os, signal, sys
 from pathlib import Path
-import torch
-from gifsplanation import pipeline
-from gifsplanation.cli import app
-from gifsplanation.cli import explain as explain_cli
+from gifsplanation.cli import app, common
+from gifsplanation.runs import outputs
+from gifsplanation.testing import tiny_models
 
-models = Path(__file__).parent
-clf = torch.load(models / "clf.pt", weights_only=False)
-ae = torch.load(models / "ae.pt", weights_only=False)
-explain_cli._load_models = lambda c, a, device: (clf.to(device), ae.to(device))
+clf, ae, _ = tiny_models()
+clf.input_size, clf.name = 32, "tiny-blob-classifier"
+common.load_models = lambda c, a, device: (clf.to(device), ae.to(device))
 
 kill = os.environ.get("GIFSPLANATION_TEST_KILL")
 if kill and os.environ.get("RANK", "0") == kill.split(":")[0]:
-    write_text, seen = pipeline.write_text, []
+    write_text, seen = outputs.write_text, []
 
     def dying_write_text(path, text):
         if Path(path).name == "explanation.json":
@@ -47,7 +43,7 @@ if kill and os.environ.get("RANK", "0") == kill.split(":")[0]:
                 os.kill(os.getpid(), signal.SIGKILL)
         return write_text(path, text)
 
-    pipeline.write_text = dying_write_text
+    outputs.write_text = dying_write_text
 app(prog_name="gifsplanation")
 """
 
@@ -89,15 +85,10 @@ def test_launch_without_torchrun_is_one_process(monkeypatch):
 
 @pytest.fixture(scope="module")
 def dataset(tiny, tmp_path_factory):
-    """A folder of generated PNGs (one corrupt), the tiny models saved, and the launcher."""
+    """A folder of generated PNGs (one corrupt) and the launcher."""
     from gifsplanation.testing import BlobData
 
     root = tmp_path_factory.mktemp("dataset")
-    clf, ae, _ = tiny
-    clf, ae = copy.deepcopy(clf), copy.deepcopy(ae)
-    clf.input_size, clf.name = 32, "tiny-blob-classifier"
-    torch.save(clf, root / "clf.pt")
-    torch.save(ae, root / "ae.pt")
     (root / "launcher.py").write_text(LAUNCHER)
     images = root / "images"
     images.mkdir()
@@ -181,7 +172,8 @@ def test_torchrun_two_processes_write_what_one_process_writes(dataset, tmp_path)
     assert r1.returncode == 1, r1.stderr  # the corrupt file fails; the others are written
     r2 = _run(dataset, two, 2)
     assert r2.returncode != 0, r2.stderr
-    assert "7 explained, 0 already finished (skipped), 1 failed on 2 processes" in r2.stdout
+    assert "7 explained, 0 already finished (skipped), 0 refused" in r2.stdout
+    assert "1 failed on 2 processes" in r2.stdout
 
     a, b = _folders(one), _folders(two)
     assert len(a) == N_IMAGES and sorted(a) == sorted(b)
@@ -196,7 +188,7 @@ def test_torchrun_two_processes_write_what_one_process_writes(dataset, tmp_path)
     ma = json.loads((one / "manifest.json").read_text())
     mb = json.loads((two / "manifest.json").read_text())
     assert (ma["world_size"], mb["world_size"]) == (1, 2)
-    assert ma["counts"] == mb["counts"] == {"done": 7, "skipped": 0, "failed": 1}
+    assert ma["counts"] == mb["counts"] == {"done": 7, "skipped": 0, "refused": 0, "failed": 1}
 
     def strip(entries):
         return [{k: v for k, v in e.items() if k not in ("dir", "report")} for e in entries]
@@ -236,28 +228,23 @@ def test_a_killed_rank_restarted_finishes_only_what_is_missing(dataset, tmp_path
     assert manifest["counts"] == {
         "done": N_IMAGES - len(finished),
         "skipped": len(finished),
+        "refused": 0,
         "failed": 1,
     }
-    skipped = {
-        str(Path(e["dir"]).relative_to(out))
-        for e in manifest["entries"]
-        if e["status"] == "skipped"
-    }
+    skipped = {e["dir"] for e in manifest["entries"] if e["status"] == "skipped"}
     assert skipped == set(finished)
     for rel, mtime in finished.items():  # not rewritten
         assert (out / rel / "explanation.json").stat().st_mtime_ns == mtime
     assert len(_folders(out)) == N_IMAGES
 
 
-def test_interrupted_run_resumes_without_recomputing(tiny, dataset, tmp_path, monkeypatch):
-    clf, ae, _ = tiny
-    clf = copy.deepcopy(clf)
-    clf.input_size = 32
+def test_interrupted_run_resumes_without_recomputing(tiny32, dataset, tmp_path, monkeypatch):
+    clf, ae = tiny32
     files = sorted((dataset / "images").glob("*.png"))
     options = ExplainOptions(n_frames=4, mp4=False, flow=False, images_per_call=2)
     out = tmp_path / "out"
 
-    write_text, written = pipeline.write_text, []
+    write_text, written = outputs.write_text, []
 
     def interrupted(path, text):
         if Path(path).name == "explanation.json":
@@ -266,22 +253,23 @@ def test_interrupted_run_resumes_without_recomputing(tiny, dataset, tmp_path, mo
             written.append(Path(path))
         return write_text(path, text)
 
-    monkeypatch.setattr(pipeline, "write_text", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        explain_dataset(files, clf, ae, None, out, options, workers=1)
-    monkeypatch.setattr(pipeline, "write_text", write_text)
+    monkeypatch.setattr(outputs, "write_text", interrupted)
+    stopped = explain_dataset(files, clf, ae, None, out, options, workers=1)
+    assert stopped.interrupted and stopped.count("done") == 3
+    assert json.loads((out / "manifest.json").read_text())["interrupted"] is True
+    monkeypatch.setattr(outputs, "write_text", write_text)
     assert len(_folders(out)) == 3
     before = {p: p.stat().st_mtime_ns for p in written}
 
     result = explain_dataset(files, clf, ae, None, out, options, workers=1)
-    assert result.counts == {"done": N_IMAGES - 3, "skipped": 3, "failed": 1}
+    assert result.counts == {"done": N_IMAGES - 3, "skipped": 3, "refused": 0, "failed": 1}
     assert {
-        Path(e["dir"]) / "explanation.json" for e in result.entries if e["status"] == "skipped"
+        out / e["dir"] / "explanation.json" for e in result.entries if e["status"] == "skipped"
     } == set(before)
     assert all(p.stat().st_mtime_ns == t for p, t in before.items())
     assert [Path(e["image"]).name for e in result.failures] == ["cxr03b.png"]
 
     third = explain_dataset(files, clf, ae, None, out, options, workers=0)
-    assert third.counts == {"done": 0, "skipped": N_IMAGES, "failed": 1}
+    assert third.counts == {"done": 0, "skipped": N_IMAGES, "refused": 0, "failed": 1}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == third.counts and manifest["world_size"] == 1

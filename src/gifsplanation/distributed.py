@@ -5,13 +5,14 @@ so every process sees the same list; process ``rank`` of ``world_size`` takes ev
 ``world_size``-th batch of ``images_per_call`` files (:func:`shard`). Inside a process a
 torch ``DataLoader`` with worker processes decodes and preprocesses images
 (:func:`gifsplanation.io.load_image`) while the model explains the previous batch; each
-batch goes through the engine together (:mod:`gifsplanation.pipeline` groups it by target
-and renders every output folder). A folder whose ``explanation.json`` matches the run's
-settings is finished: a restarted run does not even load its image again, so killing any
-process and starting the same command again finishes only what is missing, and every
-file is written atomically. Processes are started by PyTorch's own launcher, ``torchrun``
-(gloo on CPU, NCCL on GPU, one device per process: ``cuda:LOCAL_RANK``); :func:`launch`
-joins its process group, and without torchrun everything runs in the current process.
+batch goes through the engine together (:class:`gifsplanation.runs.Runner` groups it by
+target and writes every output folder). A folder whose ``explanation.json`` matches the
+image's content and the run's settings is finished: a restarted run does not even load
+its image again, so killing any process and starting the same command again finishes only
+what is missing, and every file is written atomically. Processes are started by PyTorch's
+own launcher, ``torchrun`` (gloo on CPU, NCCL on GPU, one device per process:
+``cuda:LOCAL_RANK``); :func:`launch` joins its process group, and without torchrun
+everything runs in the current process.
 Each process writes its own manifest under ``OUT/ranks/``; rank 0 gathers them into one
 ``OUT/manifest.json`` and ``OUT/index.html`` and shows the global progress (counts
 summed with ``all_reduce``).
@@ -28,7 +29,7 @@ import logging
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,21 +37,22 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
-from . import __version__
 from .io import load_image
-from .pipeline import (
+from .render import write_text
+from .runs import (
+    STATUSES,
     ExplainOptions,
+    NoProgress,
+    Runner,
+    RunResult,
     TargetSpec,
-    _finished,
-    _Item,
-    _items,
-    _NoProgress,
-    _progress,
-    _Runner,
-    _target_name,
-    slug,
+    check_out_dir,
+    count_statuses,
+    make_items,
+    progress_bar,
+    summary_header,
+    write_summary,
 )
-from .render import write_index, write_text
 
 log = logging.getLogger("gifsplanation")
 
@@ -210,38 +212,6 @@ def launch(device: str = "cpu", timeout_minutes: float = 60.0) -> Iterator[DistI
         dist.destroy_process_group()
 
 
-@dataclass
-class BatchResult:
-    """What a dataset run produced.
-
-    Attributes:
-        entries: on rank 0 every (image, target) or failed image of the whole run, in
-            input order (the ``manifest.json`` entries); on other ranks this rank's own.
-        counts: ``done``/``skipped``/``failed`` summed over all processes.
-        rank, world_size: this process and the number of processes.
-        manifest, index: ``manifest.json`` and ``index.html`` (rank 0 only, else None).
-        rank_manifest: this process's own manifest (``OUT/ranks/...``; None alone).
-    """
-
-    entries: list[dict[str, Any]]
-    counts: dict[str, int]
-    rank: int = 0
-    world_size: int = 1
-    manifest: Path | None = None
-    index: Path | None = None
-    rank_manifest: Path | None = None
-    local_counts: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def failures(self) -> list[dict[str, Any]]:
-        """The failed entries in :attr:`entries`."""
-        return [e for e in self.entries if e["status"] == "failed"]
-
-    def count(self, status: str) -> int:
-        """Global number of entries with ``status`` (``done``, ``skipped``, ``failed``)."""
-        return self.counts.get(status, 0)
-
-
 class ImageFiles(Dataset):
     """Decode image files into the models' convention, one sample per file.
 
@@ -285,36 +255,6 @@ def _as_list(batch: list[Any]) -> list[Any]:
 def _worker_init(_: int) -> None:
     # Decoding is single-threaded work; threads per worker would only fight the model.
     torch.set_num_threads(1)
-
-
-def _finished_targets(
-    runner: _Runner, item: _Item
-) -> list[tuple[str, dict[str, Any], Path]] | None:
-    """The finished (target, record, folder) of ``item`` if all its work is done, else None."""
-    key = runner.key
-    if runner.targets is not None:
-        found = []
-        for _, name in runner.targets:
-            folder = runner.out / item.name / slug(name)
-            record = _finished(folder, key)
-            if record is None:
-                return None
-            found.append((name, record, folder))
-        return found
-    # Most confident target: a finished folder of this image from a run that chose it.
-    base = runner.out / item.name
-    if not base.is_dir():
-        return None
-    found = []
-    for path in sorted(base.glob("*/explanation.json")):
-        record = _finished(path.parent, key)
-        if (
-            record is not None
-            and record.get("image") == item.source
-            and (record.get("arguments") or {}).get("targets") is None
-        ):
-            found.append((_target_name(runner.ls, int(record["target"])), record, path.parent))
-    return found if len(found) == 1 else None
 
 
 def _digest(names: Sequence[str]) -> str:
@@ -369,7 +309,7 @@ def explain_dataset(
     workers: int = 2,
     arguments: dict[str, Any] | None = None,
     info: DistInfo | None = None,
-) -> BatchResult:
+) -> RunResult:
     """Explain every image file for every target; this process takes its shard.
 
     Run it in every process of a torchrun job (inside :func:`launch`), or alone. The
@@ -387,7 +327,7 @@ def explain_dataset(
         autoencoder: the autoencoder, on the same device.
         targets: target names or indices for every image; ``None`` = the most confident.
         out_dir: the output folder ``OUT`` (shared by all processes).
-        options: :class:`~gifsplanation.pipeline.ExplainOptions`; ``images_per_call`` is
+        options: :class:`~gifsplanation.runs.ExplainOptions`; ``images_per_call`` is
             the DataLoader batch (images per engine call) and ``device`` is replaced by
             ``info.device``.
         workers: DataLoader worker processes decoding images (0 = decode in this process).
@@ -395,8 +335,9 @@ def explain_dataset(
         info: this process's :class:`DistInfo` (default: :func:`current`).
 
     Returns:
-        A :class:`BatchResult`. Bad files become ``"failed"`` entries; nothing is raised
-        for them.
+        A :class:`~gifsplanation.runs.RunResult`: on rank 0 every entry of the whole run
+        in input order and the global ``counts``; on other ranks their own entries. Bad
+        files become ``"failed"`` entries; nothing is raised for them.
 
     Raises:
         ValueError: bad settings (unknown target, map method), ``workers < 0``.
@@ -412,7 +353,7 @@ def explain_dataset(
         >>> res = explain_dataset([f"{d}/a.png"], clf, ae, ["blob"], f"{d}/out",
         ...     ExplainOptions(n_frames=4, mp4=False, flow=False, size=32), workers=0)
         >>> res.counts
-        {'done': 1, 'skipped': 0, 'failed': 0}
+        {'done': 1, 'skipped': 0, 'refused': 0, 'failed': 0}
     """
     if workers < 0:
         raise ValueError(f"workers must be >= 0, got {workers}")
@@ -445,33 +386,32 @@ def _run(
     workers: int,
     arguments: dict[str, Any] | None,
     info: DistInfo,
-) -> BatchResult:
-    runner = _Runner(classifier, autoencoder, targets, out, options, arguments)
-    items = _items(files, None)  # names made unique over the whole list, then sharded
-    position = {it.name: k for k, it in enumerate(items)}
-    counter = _GlobalProgress(info, _NoProgress(), 0)
+) -> RunResult:
+    check_out_dir(out)
+    runner = Runner(classifier, autoencoder, targets, out, options, arguments)
+    position = {f: k for k, f in enumerate(files)}
+    counter = _GlobalProgress(info, NoProgress(), 0)
     _check_same_inputs(files, info)
 
-    mine = shard(len(items), info.rank, info.world_size, block=options.images_per_call)
-    idle = info.world_size - -(-len(items) // options.images_per_call)
+    mine = shard(len(files), info.rank, info.world_size, block=options.images_per_call)
+    idle = info.world_size - -(-len(files) // options.images_per_call)
     if info.is_main and info.distributed and idle > 0:
         log.warning(
             "%d of %d processes get no image: %d images make fewer batches of %d than "
             "processes; lower --images-per-call to spread them",
             idle,
             info.world_size,
-            len(items),
+            len(files),
             options.images_per_call,
         )
+    items = dict(zip(mine, make_items([files[k] for k in mine]), strict=True))
     pending: list[int] = []
     for k in mine:
-        done = None if options.force else _finished_targets(runner, items[k])
-        if done is None:
+        found = runner.finished(items[k])
+        if found is None:
             pending.append(k)
-            continue
-        for name, record, folder in done:
-            runner._entry(items[k], name, "skipped", record, folder)
-            runner.records.append(record)
+        else:
+            runner.add_skipped(items[k], found)
 
     # Every process makes the same number of progress reductions.
     step = options.images_per_call
@@ -481,7 +421,7 @@ def _run(
         counter.reduce([n_batches], op=dist.ReduceOp.MAX)[0],
     )
     loader = DataLoader(
-        ImageFiles([Path(items[k].source) for k in pending], pending, runner.size, options.voi_lut),
+        ImageFiles([Path(files[k]) for k in pending], pending, runner.size, options.voi_lut),
         batch_size=step,
         shuffle=False,
         num_workers=workers,
@@ -490,43 +430,43 @@ def _run(
         pin_memory=info.device.startswith("cuda"),
         persistent_workers=False,
     )
-    with _progress(options.progress and info.is_main, remaining=True) as progress:
+    interrupted = False
+    with progress_bar(options.progress and info.is_main, remaining=True) as progress:
         label = f"images ({info.world_size} processes)" if info.distributed else "images"
         task = progress.add_task(label, total=total, completed=skipped)
         counter = _GlobalProgress(info, progress, task)
         batches = iter(loader)
-        for _ in range(max_batches):
-            batch = next(batches, None)
-            if batch is None:
-                counter.push(0)
-                continue
-            chunk = []
-            for k, x, messages in batch:
-                for message in messages:
-                    log.warning("%s", message)
-                item = items[k]
-                chunk.append(_Item(source=item.source, name=item.name, tensor=x, path=item.path))
-            runner.run_chunk(chunk, lambda n_images, n_frames: None)
-            counter.push(len(chunk))
-        counter.flush()
+        try:
+            for _ in range(max_batches):
+                batch = next(batches, None)
+                if batch is None:
+                    counter.push(0)
+                    continue
+                chunk = []
+                for k, x, messages in batch:
+                    for message in messages:
+                        log.warning("%s", message)
+                    items[k].tensor = x
+                    chunk.append(items[k])
+                runner.run_chunk(chunk)
+                counter.push(len(chunk))
+            counter.flush()
+        except KeyboardInterrupt:
+            if info.distributed:
+                raise
+            interrupted = True
 
-    local = {s: sum(1 for e in runner.entries if e["status"] == s) for s in _STATUSES}
-    counts = dict(zip(_STATUSES, counter.reduce([local[s] for s in _STATUSES]), strict=True))
-    result = BatchResult(
+    local = count_statuses(runner.entries)
+    counts = dict(zip(STATUSES, counter.reduce([local[s] for s in STATUSES]), strict=True))
+    result = RunResult(
         entries=runner.entries,
+        records=runner.records,
         counts=counts,
         rank=info.rank,
         world_size=info.world_size,
-        local_counts=local,
+        interrupted=interrupted,
     )
-    header = {
-        "gifsplanation": __version__,
-        "out_dir": str(out),
-        "world_size": info.world_size,
-        "arguments": runner.arguments,
-        "models": runner.models,
-        "versions": runner.versions,
-    }
+    header = summary_header(runner, world_size=info.world_size, interrupted=interrupted)
     if info.distributed:
         rank_doc = {**header, "rank": info.rank, "counts": local, "entries": runner.entries}
         name = f"manifest-rank{info.rank}-of-{info.world_size}.json"
@@ -540,28 +480,21 @@ def _run(
         entries = list(runner.entries)
     if info.is_main:
         order = _target_order(runner)
-        entries.sort(key=lambda e: (position.get(e["name"], -1), order.get(e["target"], -1)))
+        entries.sort(key=lambda e: (position.get(e["image"], -1), order.get(e["target"], -1)))
         result.entries = entries
-        doc = {**header, "counts": counts, "entries": entries}
-        result.manifest = write_text(
-            out / "manifest.json", json.dumps(_stamped(doc), indent=2) + "\n"
-        )
-        result.index = write_index(entries, out / "index.html")
+        result.manifest, result.index = write_summary(out, header, entries, counts)
     return result
-
-
-_STATUSES = ("done", "skipped", "failed")
 
 
 def _stamped(doc: dict[str, Any]) -> dict[str, Any]:
     created = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    return {"gifsplanation": doc["gifsplanation"], "created": created, **doc}
+    return {"created": created, **doc}
 
 
-def _target_order(runner: _Runner) -> dict[str | None, int]:
+def _target_order(runner: Runner) -> dict[str | None, int]:
     if runner.targets is None:
         return {}
-    return {name: k for k, (_, name) in enumerate(runner.targets)}
+    return {runner.target_name(t): k for k, t in enumerate(runner.targets)}
 
 
 def _check_same_inputs(files: list[str], info: DistInfo) -> None:

@@ -3,7 +3,6 @@ and one-line errors for a wrong command line. (torchrun runs: tests/test_distrib
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
@@ -14,26 +13,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gifsplanation.cli import app
-from gifsplanation.cli import explain as explain_cli
 
 runner = CliRunner()
-
-
-@pytest.fixture()
-def tiny_cli(tiny, monkeypatch):
-    """Make the CLI use the tiny models (32×32 inputs); record how they were asked for."""
-    clf, ae, _ = tiny
-    clf, ae = copy.deepcopy(clf), copy.deepcopy(ae)
-    clf.input_size = 32
-    clf.name = "tiny-blob-classifier"
-    calls = []
-
-    def fake_models(classifier, autoencoder, device):
-        calls.append((classifier, autoencoder, device))
-        return clf, ae
-
-    monkeypatch.setattr(explain_cli, "_load_models", fake_models)
-    return calls
 
 
 def _folder(root: Path, n: int) -> Path:
@@ -73,15 +54,16 @@ def test_batch_explains_a_folder_reports_the_bad_file_and_skips_on_rerun(tiny_cl
 
     first = runner.invoke(app, _args(images, out, "--target", "blob"))
     assert first.exit_code == 1, first.output
-    assert "3 explained, 0 already finished (skipped), 1 failed" in first.output
-    assert "broken.png" in first.output
+    assert "3 explained, 0 already finished (skipped), 0 refused" in first.output
+    assert "1 failed" in first.output and "broken.png" in first.output
     assert tiny_cli == [(None, None, "cpu")]
+    manifest = json.loads((out / "manifest.json").read_text())
+    dirs = {e["name"]: out / e["dir"] for e in manifest["entries"] if e["dir"]}
     for k in range(3):
-        record = json.loads((out / f"scan{k}" / "blob" / "explanation.json").read_text())
+        record = json.loads((dirs[f"scan{k}"] / "explanation.json").read_text())
         assert record["arguments"]["command"] == "batch"
         assert len(record["lambdas"]) == 4
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"] == {"done": 3, "skipped": 0, "failed": 1}
+    assert manifest["counts"] == {"done": 3, "skipped": 0, "refused": 0, "failed": 1}
     assert manifest["world_size"] == 1
     assert [Path(e["image"]).name for e in manifest["entries"]] == [
         "broken.png",
@@ -93,10 +75,10 @@ def test_batch_explains_a_folder_reports_the_bad_file_and_skips_on_rerun(tiny_cl
     assert not (out / "ranks").exists()  # per-process manifests only with several processes
 
     again = runner.invoke(app, _args(images, out, "--target", "blob"))
-    assert "0 explained, 3 already finished (skipped), 1 failed" in again.output
+    assert "0 explained, 3 already finished (skipped), 0 refused" in again.output
 
     forced = runner.invoke(app, _args(images, out, "--target", "blob", "--force", "--workers", "0"))
-    assert "3 explained, 0 already finished (skipped), 1 failed" in forced.output
+    assert "3 explained, 0 already finished (skipped), 0 refused" in forced.output
 
 
 def test_batch_default_target_rerun_skips_without_reexplaining(tiny_cli, tmp_path):
@@ -107,7 +89,8 @@ def test_batch_default_target_rerun_skips_without_reexplaining(tiny_cli, tmp_pat
     assert "2 explained" in first.output
     again = runner.invoke(app, _args(images, out))
     assert again.exit_code == 0, again.output
-    assert "0 explained, 2 already finished (skipped), 0 failed" in again.output
+    assert "0 explained, 2 already finished (skipped), 0 refused" in again.output
+    assert "0 failed" in again.output
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,6 @@ then the report opened in headless Chromium."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import shutil
@@ -14,8 +13,7 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from gifsplanation.cli import app
-from gifsplanation.cli import explain as explain_cli
+from gifsplanation.cli import app, common
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -28,22 +26,10 @@ CHROMIUM_ARGS = [
 runner = CliRunner()
 
 
-@pytest.fixture()
-def tiny_cli(tiny, monkeypatch):
-    """Make the CLI use the tiny models (32×32 inputs) and a blob image as the demo."""
-    clf, ae, data = tiny
-    clf, ae = copy.deepcopy(clf), copy.deepcopy(ae)
-    clf.input_size = 32
-    clf.name = "tiny-blob-classifier"
-    calls = []
-
-    def fake_models(classifier, autoencoder, device):
-        calls.append((classifier, autoencoder, device))
-        return clf, ae
-
-    monkeypatch.setattr(explain_cli, "_load_models", fake_models)
-    monkeypatch.setattr(explain_cli, "_demo_image", lambda: data.positive(1))
-    return calls
+def _dirs(out: Path) -> dict[str, Path]:
+    """Output folder of each (image name, target) in a run, from its manifest."""
+    manifest = json.loads((out / "manifest.json").read_text())
+    return {e["name"]: out / e["dir"] for e in manifest["entries"] if e["dir"]}
 
 
 def _blob_pngs(folder: Path) -> dict[str, Path]:
@@ -88,19 +74,23 @@ def test_explain_generated_images_with_a_corrupt_one_then_rerun(tiny_cli, tmp_pa
     ]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert "4 explained, 0 already finished (skipped), 1 failed" in result.output
+    assert "4 explained, 0 already finished (skipped), 0 refused" in result.output
+    assert "1 failed" in result.output
     assert "corrupt.png" in result.output and "Traceback" not in result.output
-    assert "RGB image converted to grayscale" in " ".join(result.output.split())
+    # rgb.png is a grey image stored as RGB with identical channels: read silently.
+    assert "converted to grayscale" not in " ".join(result.output.split())
 
     manifest = json.loads((out / "manifest.json").read_text())
     by_name = {e["name"]: e for e in manifest["entries"]}
     assert by_name["corrupt"]["status"] == "failed"
     assert {by_name[f.stem]["status"] for f in files.values()} == {"done"}
+    dirs = _dirs(out)
     for f in files.values():
-        folder = out / f.stem / "blob"
+        folder = dirs[f.stem]
+        assert folder.parent.name.startswith(f.stem + "-") and folder.name == "blob"
         gif = Image.open(folder / "latentshift.gif")
         assert gif.n_frames == 8
-        assert gif.size == (2 * 224 + 40, 18 + 224 + 6)  # 32 px panels upscaled ×7
+        assert gif.size == (3 * 224 + 40, 18 + 224 + 15 + 6)  # 32 px panels upscaled ×7
         for name in (
             "map-max.png",
             "map-interval.png",
@@ -119,7 +109,7 @@ def test_explain_generated_images_with_a_corrupt_one_then_rerun(tiny_cli, tmp_pa
 
     again = runner.invoke(app, args)
     assert again.exit_code == 1
-    assert "0 explained, 4 already finished (skipped), 1 failed" in again.output
+    assert "0 explained, 4 already finished (skipped), 0 refused" in again.output
 
 
 def test_explain_targets_csv_input_and_demo(tiny_cli, tmp_path):
@@ -152,18 +142,21 @@ def test_explain_targets_csv_input_and_demo(tiny_cli, tmp_path):
         ],
     )
     assert result.exit_code == 0, result.output
-    record = json.loads((out / "gray8" / "blob" / "explanation.json").read_text())
+    folder = _dirs(out)["gray8"]
+    record = json.loads((folder / "explanation.json").read_text())
     assert record["strategy"] == "paper" and record["seed"] == 3
-    assert not (out / "gray8" / "blob" / "latentshift.mp4").exists()
-    gif = Image.open(out / "gray8" / "blob" / "latentshift.gif")
+    assert not (folder / "latentshift.mp4").exists()
+    gif = Image.open(folder / "latentshift.gif")
     assert gif.size == (224, 18 + 224 + 6) and gif.info["duration"] == 50
     assert record["arguments"]["side_by_side"] is False
     assert files
 
     demo = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--frames", "4"])
     assert demo.exit_code == 0, demo.output
-    assert "report.html" in demo.output
-    assert (tmp_path / "demo" / "demo" / "blob" / "latentshift.gif").is_file()
+    assert "report.html" in demo.output and "\nExplained: the demo image" in demo.output
+    assert (_dirs(tmp_path / "demo")["demo"] / "latentshift.gif").is_file()
+    again = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--frames", "4"])
+    assert "\nAlready explained (skipped)" in again.output, again.output
 
 
 @pytest.mark.parametrize(
@@ -193,7 +186,7 @@ def test_no_matching_files_and_model_errors(tiny_cli, tmp_path, monkeypatch):
     def broken(*a):
         raise OSError("weights file cxr.pt is missing")
 
-    monkeypatch.setattr(explain_cli, "_load_models", broken)
+    monkeypatch.setattr(common, "load_models", broken)
     (tmp_path / "a.png").write_bytes(b"x")
     result = runner.invoke(app, ["explain", str(tmp_path / "a.png")])
     assert result.exit_code == 1
@@ -240,8 +233,9 @@ def test_explain_pydicom_test_files(tiny_cli, tmp_path):
     )
     assert result.exit_code == 1
     assert "examples_rgb_color.dcm" in result.output and "colour" in result.output
+    dirs = _dirs(out)
     for name in good:
-        assert (out / Path(name).stem / "blob" / "report.html").is_file(), name
+        assert (dirs[Path(name).stem] / "report.html").is_file(), name
 
 
 def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
@@ -254,7 +248,7 @@ def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
         app, ["explain", str(files["gray8"]), "-o", str(out), "--frames", "6", "--no-progress"]
     )
     assert result.exit_code == 0, result.output
-    report = out / "gray8" / "blob" / "report.html"
+    report = _dirs(out)["gray8"] / "report.html"
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
@@ -275,22 +269,21 @@ def test_report_renders_in_chromium(tiny_cli, tmp_path, artifacts):
             )
         finally:
             browser.close()
-    assert sizes["gif"] == [2 * 224 + 40, True]
-    assert sizes["map-max"] == [32, True]
+    assert sizes["gif"] == [3 * 224 + 40, True]
     assert all(w > 0 and ok for w, ok in sizes.values())
-    assert any(link.endswith("gray8/blob/report.html") for link in links)
+    assert any(link.endswith(f"{report.parent.parent.name}/blob/report.html") for link in links)
 
 
 @pytest.mark.slow
 def test_demo_with_the_bundled_models(tmp_path):
     """The README's command, unpatched: bundled models and demo image, fully offline."""
     try:
-        explain_cli._load_models(None, None, "cpu")
+        common.load_models(None, None, "cpu")
     except Exception as e:  # noqa: BLE001 - weights not built/installed yet
         pytest.skip(f"bundled models unavailable: {type(e).__name__}: {e}")
     result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--frames", "5"])
     assert result.exit_code == 0, result.output
-    reports = list(tmp_path.glob("demo/*/report.html"))
+    reports = list(tmp_path.glob("demo-*/*/report.html"))
     assert len(reports) == 1 and "report.html" in result.output
     record = json.loads((reports[0].parent / "explanation.json").read_text())
     assert record["models"]["classifier"]["weights_sha256"]

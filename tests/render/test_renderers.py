@@ -169,8 +169,10 @@ def test_report_embeds_assets_and_index_links(exp, tmp_path):
     report = write_report(record, {"gif": gif, "map-max": heat}, tmp_path / "report.html")
     text = report.read_text()
     assert 'id="asset-gif" alt="gif" src="data:image/gif;base64,' in text
-    assert 'id="asset-map-max" class="map" alt="map-max" src="data:image/png;base64,' in text
+    assert 'id="asset-map-max" alt="map-max" src="data:image/png;base64,' in text
     assert "a&lt;b&gt;.png" in text and "a<b>.png" not in text
+    # The legend says what the change panel's colours and the prediction bar mean.
+    assert "blue" in text and "orange" in text and "probability for the" in text
     index = write_index(
         [
             {
@@ -178,15 +180,17 @@ def test_report_embeds_assets_and_index_links(exp, tmp_path):
                 "target": "blob",
                 "prediction": 0.9,
                 "status": "done",
-                "report": report,
+                "report": "a-0123/blob/report.html",
             },
+            {"image": "x.png", "status": "done", "report": str(report)},  # absolute: no link
+            {"image": "y.png", "status": "done", "report": "javascript:alert(1)/r.html"},
             {"image": "bad.png", "status": "failed", "reason": "not an image"},
         ],
         tmp_path / "index.html",
     )
     html = index.read_text()
-    assert re.search(r'href="report.html"', html)
-    assert "not an image" in html and "0.900" in html
+    assert re.findall(r'href="([^"]*)"', html) == ["./a-0123/blob/report.html"]
+    assert "not an image" in html and "0.900" in html and "javascript" not in html
 
 
 def test_atomic_path_leaves_nothing_on_error(tmp_path):

@@ -55,30 +55,44 @@ def model_targets(model: nn.Module) -> list[str] | None:
     return None
 
 
-def resolve_target(target: int | str, targets: Sequence[str] | None, n_outputs: int) -> int:
-    """Turn a target name or index into an output index, or raise a ``ValueError`` that
-    lists the valid choices."""
+def resolve_target(target: int | str, targets: Sequence[str] | None, n_outputs: int | None) -> int:
+    """Turn a target into an output index; the one rule used everywhere.
+
+    A ``str`` is an output name (case-insensitive) or, when no name matches, a string of
+    digits giving an index (as typed on a command line); an ``int`` is an index. Indices
+    run from 0 to ``n_outputs − 1`` (negative indices are refused: they silently mean
+    "from the end" in Python, which is never what a user of a CXR model means). Raises a
+    ``ValueError`` that lists the valid choices.
+
+    Example:
+        >>> resolve_target("covid-19", ["COVID-19", "Normal"], 2), resolve_target("1", None, 2)
+        (0, 1)
+    """
     if isinstance(target, bool):
         raise TypeError(f"target must be an int index or a str name, not {target!r}")
-    if isinstance(target, int):
-        if not -n_outputs <= target < n_outputs:
-            names = f" ({', '.join(repr(t) for t in targets)})" if targets else ""
-            raise ValueError(
-                f"target index {target} is out of range: the classifier has {n_outputs} "
-                f"outputs{names}"
-            )
-        return target % n_outputs
     if isinstance(target, str):
-        if not targets:
+        text = target.strip()
+        lowered = [t.lower() for t in targets or []]
+        if text.lower() in lowered:
+            return lowered.index(text.lower())
+        if not text.isdigit():
+            if not targets:
+                raise ValueError(
+                    f"target {target!r} given by name, but the classifier has no target names; "
+                    "pass an index, or targets=[...] to LatentShift"
+                )
+            valid = ", ".join(repr(t) for t in targets if t)
+            raise ValueError(f"unknown target {target!r}; valid targets: {valid}")
+        target = int(text)
+    if isinstance(target, int):
+        if target < 0 or (n_outputs is not None and target >= n_outputs):
+            names = f" ({', '.join(repr(t) for t in targets)})" if targets else ""
+            span = f"0..{n_outputs - 1}" if n_outputs else "0 or more"
             raise ValueError(
-                f"target {target!r} given by name, but the classifier has no target names; "
-                "pass an index, or targets=[...] to LatentShift"
+                f"target index {target} is out of range: use {span}"
+                + (f"; the classifier has {n_outputs} outputs{names}" if n_outputs else "")
             )
-        lowered = [t.lower() for t in targets]
-        if target.lower() in lowered:
-            return lowered.index(target.lower())
-        valid = ", ".join(repr(t) for t in targets if t)
-        raise ValueError(f"unknown target {target!r}; valid targets: {valid}")
+        return target
     raise TypeError(f"target must be an int index or a str name, not {type(target).__name__}")
 
 
@@ -127,9 +141,8 @@ class Classifier:
         return torch.sigmoid(out) if self.output_kind == "logit" else out
 
     def target_index(self, target: int | str, n_outputs: int | None = None) -> int:
-        n = n_outputs if n_outputs is not None else (len(self.targets) if self.targets else 0)
-        if n == 0 and isinstance(target, int):
-            return target
+        """The output index of ``target`` (:func:`resolve_target`)."""
+        n = n_outputs if n_outputs is not None else (len(self.targets) if self.targets else None)
         return resolve_target(target, self.targets, n)
 
 

@@ -37,9 +37,10 @@ from .overlay import (
     top_p_region,
     units_for,
 )
-from .report import write_index, write_report
+from .report import INDEX_GENERATOR, write_index, write_report
 
 __all__ = [
+    "INDEX_GENERATOR",
     "MAP_UNITS",
     "PALETTE",
     "MapFigure",

@@ -68,7 +68,7 @@ def save_flow(
     work_size: int = 128,
     dpi: int = 100,
 ) -> Path:
-    """Draw the optical flow of image ``index``'s λ sequence over its reconstruction (PNG).
+    """Draw the optical flow of image ``index``'s λ sequence over its λ = 0 frame (PNG).
 
     Args:
         exp: an :class:`~gifsplanation.Explanation`.
@@ -86,7 +86,7 @@ def save_flow(
     from matplotlib.figure import Figure
 
     flow = sequence_flow(exp.frames[index], method=method, work_size=work_size)
-    background = to_numpy_2d(exp.reconstructions[index].mean(0))
+    background = to_numpy_2d(exp.frames[index, int(exp.zero_index[index])].mean(0))  # λ = 0
     h, w = background.shape
     step = max(1, min(h, w) // max(arrows, 1))
     ys, xs = np.mgrid[step // 2 : h : step, step // 2 : w : step]
