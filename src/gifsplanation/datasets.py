@@ -315,6 +315,22 @@ class MaskedCXRDataset(torch.utils.data.Dataset):
         return out, torch.tensor(self.targets, dtype=torch.long)
 
 
+def cached_masks(
+    dataset: MaskedCXRDataset, size: int = 28, kind: Literal["infection", "lung"] = "infection"
+) -> torch.Tensor:
+    """Every item's mask as the share of each cell it covers, ``uint8`` ``(N, 1, size,
+    size)`` (255 = fully covered); an item without a mask counts as empty."""
+    out = torch.zeros((len(dataset), 1, size, size), dtype=torch.uint8)
+    for i in range(len(dataset)):
+        m = dataset.load_mask(i, kind)
+        if m is None or not m.any():
+            continue
+        t = torch.from_numpy(m.astype(np.float32))[None, None]
+        share = torch.nn.functional.adaptive_avg_pool2d(t, size)[0, 0]
+        out[i, 0] = (share * 255).round().to(torch.uint8)
+    return out
+
+
 def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
     """Map cached ``uint8`` images to float in [-1024, 1024]."""
     return x.float() * (2048.0 / 255.0) - 1024.0

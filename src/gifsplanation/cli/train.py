@@ -160,6 +160,10 @@ def classifier(
     ] = None,
     augment: AugOpt = True,
     augment_strength: AugStrengthOpt = "light",
+    mask_weight: Annotated[
+        float,
+        typer.Option(help="Weight of an auxiliary loss predicting the infection mask (0 = off)."),
+    ] = 0.0,
     threads: ThreadsOpt = 0,
     time_limit: TimeOpt = 0.0,
     max_steps: StepsOpt = 0,

@@ -219,6 +219,9 @@ class CXRClassifier(nn.Module):
         operating_points: per target, the probability above which the classifier "finds"
             it (chosen on held-out data); default 0.5 for every sigmoid target and
             ``None`` for a softmax head.
+        mask_head: add a 1x1 convolution predicting, from the last feature map, where the
+            infection is (trained with infection masks as an auxiliary task, so the
+            features the targets are read from are about opacities; unused at inference).
         input_size: the image side the model expects (default 224).
 
     Example:
@@ -240,6 +243,7 @@ class CXRClassifier(nn.Module):
         dropout: float = 0.2,
         input_size: int = 224,
         operating_points: list[float] | None = None,
+        mask_head: bool = False,
     ) -> None:
         super().__init__()
         if targets is None:
@@ -275,9 +279,12 @@ class CXRClassifier(nn.Module):
         self.features = nn.Sequential(*layers)
         self.dropout = nn.Dropout(dropout)
         self.fc = nn.Linear(channels[-1], len(self.targets))
+        self.mask_head = nn.Conv2d(channels[-1], 1, 1) if mask_head else None
+        if mask_head:
+            self.config["mask_head"] = True
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw scores ``(B, n_targets)`` before temperature and softmax/sigmoid."""
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map ``(B, C, h, w)`` the targets are read from."""
         if x.ndim != 4 or x.shape[1] != 1:
             raise ValueError(f"expected images of shape (B, 1, H, W), got {tuple(x.shape)}")
         if x.shape[-1] != self.input_size or x.shape[-2] != self.input_size:
@@ -285,8 +292,18 @@ class CXRClassifier(nn.Module):
         x = x / SCALE
         if self.pool > 1:
             x = F.avg_pool2d(x, self.pool)
-        h = self.features(x).mean(dim=(2, 3))
-        return self.fc(self.dropout(h))
+        return self.features(x)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw scores ``(B, n_targets)`` before temperature and softmax/sigmoid."""
+        return self.fc(self.dropout(self.feature_map(x).mean(dim=(2, 3))))
+
+    def logits_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw scores and the mask head's logits ``(B, 1, h, w)`` (training only)."""
+        if self.mask_head is None:
+            raise ValueError("this classifier has no mask head (mask_head=False)")
+        h = self.feature_map(x)
+        return self.fc(self.dropout(h.mean(dim=(2, 3)))), self.mask_head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Probabilities ``(B, n_targets)`` (softmax or sigmoid of logits / temperature)."""

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..datasets import MaskedCXRDataset, uint8_to_model
+from ..datasets import MaskedCXRDataset, cached_masks, uint8_to_model
 from .architectures import CXRAutoencoder, CXRClassifier, n_parameters, sharp_loss
 from .checkpoint import (
     atomic_torch_save,
@@ -74,6 +74,8 @@ class TrainConfig:
             (default): one output per dataset label.
         augment: apply augmentation.
         augment_strength: ``"light"`` (default) or ``"strong"`` (see :func:`augment_batch`).
+        mask_weight: classifier only: weight of an auxiliary loss predicting the infection
+            mask from the last feature map (0 = off; the classifier gets a mask head).
         recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
             paths) whose reconstructions D(E(x)) replace a share ``recon_prob`` of the
             training images (same label), so the classifier reads a reconstruction as it
@@ -108,6 +110,7 @@ class TrainConfig:
     outputs: list[str] = field(default_factory=list)
     augment: bool = True
     augment_strength: str = "light"
+    mask_weight: float = 0.0
     recon_autoencoders: list[str] = field(default_factory=list)
     recon_prob: float = 0.5
     threads: int = 0
@@ -172,14 +175,38 @@ def load_split(
     return ds, images, targets
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator, strength: str = "light") -> torch.Tensor:
-    """Augment model-space images.
+def load_masks(cfg: TrainConfig, dataset: MaskedCXRDataset, size: int = 28) -> torch.Tensor:
+    """The infection masks of ``dataset`` as cell shares (:func:`cached_masks`), cached
+    next to the decoded images when ``cfg.cache_dir`` is set."""
+    if cfg.cache_dir is None:
+        return cached_masks(dataset, size)
+    key = "|".join(
+        [str(Path(cfg.data).resolve()), str(cfg.size), str(size)]
+        + [str(r.infection_mask) for r in dataset.records]
+    )
+    path = Path(cfg.cache_dir) / f"masks-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    masks = cached_masks(dataset, size)
+    atomic_torch_save(masks, path)
+    return masks
+
+
+def augment_batch(
+    x: torch.Tensor,
+    gen: torch.Generator,
+    strength: str = "light",
+    masks: torch.Tensor | None = None,
+) -> Any:
+    """Augment model-space images (and move ``masks`` with the same geometry).
 
     ``"light"``: rotation ±5°, scale ±5%, shift ±4%, contrast ×[0.9, 1.1], brightness ±50
     (of 2048). ``"strong"`` (for classifiers that must not read an image's source from its
     style): rotation ±10°, scale ±15%, shift ±8%, then per image a random blur (σ ≤ 1.5 px)
     or sharpening, gamma in [0.7, 1.4], contrast ×[0.75, 1.25], brightness ±100 and
     Gaussian noise (σ ≤ 30).
+
+    Returns the images, or ``(images, masks)`` when ``masks`` (float, any size) are given.
     """
     strong = strength == "strong"
     if strength not in ("light", "strong"):
@@ -200,6 +227,11 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, strength: str = "light"
     # pad with the darkest value: outside the field of view is black on a radiograph
     out = F.grid_sample(x + 1024, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = out - 1024
+    if masks is not None:
+        mgrid = F.affine_grid(theta.to(masks), list(masks.shape), align_corners=False)
+        masks = F.grid_sample(
+            masks, mgrid, mode="bilinear", padding_mode="zeros", align_corners=False
+        )
     if strong:
         out = _blur_or_sharpen(out, uniform(b), gen)
         gamma = torch.exp(uniform(b, 1, 1, 1) * math.log(1.4)).clamp(0.7, 1.4).to(x)
@@ -209,7 +241,8 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, strength: str = "light"
         ).to(x)
     contrast = (1 + uniform(b, 1, 1, 1) * (0.25 if strong else 0.1)).to(x)
     bright = (uniform(b, 1, 1, 1) * (100 if strong else 50)).to(x)
-    return (out * contrast + bright).clamp(-1024, 1024)
+    out = (out * contrast + bright).clamp(-1024, 1024)
+    return out if masks is None else (out, masks)
 
 
 def _blur_or_sharpen(x: torch.Tensor, amount: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -358,16 +391,34 @@ def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
             blocks=cfg.blocks,
             head=cfg.head,
             input_size=cfg.size,
+            mask_head=cfg.mask_weight > 0,
         )
     raise ValueError(f"kind must be 'autoencoder' or 'classifier', got {cfg.kind!r}")
 
 
 def _loss(
-    cfg: TrainConfig, model: nn.Module, x: torch.Tensor, y: torch.Tensor, matrix: torch.Tensor
+    cfg: TrainConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    matrix: torch.Tensor,
+    masks: torch.Tensor | None = None,
 ) -> torch.Tensor:
     if cfg.kind == "autoencoder":
         return sharp_loss(model(x), x, cfg.ssim_weight, cfg.gradient_weight)
-    logits = model.logits(x)  # type: ignore[operator]
+    aux = 0.0
+    if masks is not None and cfg.mask_weight:
+        logits, mask_logits = model.logits_and_mask(x)  # type: ignore[operator]
+        mask_logits = F.interpolate(mask_logits, size=masks.shape[-2:], mode="bilinear")
+        aux = cfg.mask_weight * F.binary_cross_entropy_with_logits(mask_logits, masks)
+    else:
+        logits = model.logits(x)  # type: ignore[operator]
+    return aux + _target_loss(cfg, logits, y, matrix)
+
+
+def _target_loss(
+    cfg: TrainConfig, logits: torch.Tensor, y: torch.Tensor, matrix: torch.Tensor
+) -> torch.Tensor:
     if cfg.head == "softmax":
         return F.cross_entropy(logits, y)
     return F.binary_cross_entropy_with_logits(logits, matrix.to(y.device)[y])
@@ -449,6 +500,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
 
     train_ds, x_train, y_train = load_split(cfg, "train")
     recons = [reconstruct_uint8(name, x_train, cfg.device) for name in cfg.recon_autoencoders]
+    m_train = load_masks(cfg, train_ds) if cfg.kind == "classifier" and cfg.mask_weight else None
     val_ds, x_val, y_val = load_split(cfg, "val")
     names = train_ds.labels
     log.info("data: %d train, %d val images, labels %s", len(x_train), len(x_val), names)
@@ -494,6 +546,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 "blocks",
                 "head",
                 "outputs",
+                "mask_weight",
                 "size",
                 "seed",
             )
@@ -574,10 +627,13 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                         sel = swap & (which == k)
                         if sel.any():
                             x[sel] = uint8_to_model(r[idx[sel]])
-                if cfg.augment:
+                m = m_train[idx].float() / 255 if m_train is not None else None
+                if cfg.augment and m is not None:
+                    x, m = augment_batch(x, gen, cfg.augment_strength, masks=m)
+                elif cfg.augment:
                     x = augment_batch(x, gen, cfg.augment_strength)
                 x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
-                loss = _loss(cfg, model, x, y, matrix)
+                loss = _loss(cfg, model, x, y, matrix, None if m is None else m.to(cfg.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
