@@ -45,7 +45,7 @@ class OODAssessment:
         if not self.flagged[index]:
             return None
         parts = [
-            f"{_LABELS[name]} {self.scores[name][index]:.3g} > {self.thresholds[name]:.3g}"
+            f"{_LABELS[name]} {_fmt(self.scores[name][index])} > {_fmt(self.thresholds[name])}"
             for name in self.scores
             if self.scores[name][index] > self.thresholds[name]
         ]
@@ -61,6 +61,11 @@ class OODAssessment:
             "flagged": self.flagged[index],
             "reason": self.reason(index),
         }
+
+
+def _fmt(value: float) -> str:
+    """Probabilities with 4 decimals (0.99995 must not print as 1); others with 4 digits."""
+    return f"{value:.4f}" if 0.0 <= value <= 1.0 else f"{value:.4g}"
 
 
 _LABELS = {

@@ -288,15 +288,22 @@ def get_autoencoder(
         download: let TorchXRayVision download missing weights (default ``True``).
 
     Returns:
-        The autoencoder in eval mode with ``name``, ``input_size``, ``weights_path`` and
-        ``weights_sha256`` attributes.
+        The autoencoder in eval mode with ``name``, ``input_size``, ``weights_path``,
+        ``weights_sha256`` and ``ood_gate`` (the out-of-distribution gate
+        :class:`~gifsplanation.LatentShift` applies: the bundled frontal-CXR detector, plus
+        this autoencoder's reconstruction-error threshold when its sidecar has one).
 
     Example:
         >>> ae = get_autoencoder()  # doctest: +SKIP
         >>> ae.decode(ae.encode(demo_image())).shape  # doctest: +SKIP
         torch.Size([1, 1, 224, 224])
     """
-    return _get("autoencoder", name_or_path, device, weights, cache_dir, download)
+    from .gate import gate_for_autoencoder
+
+    model = _get("autoencoder", name_or_path, device, weights, cache_dir, download)
+    # The out-of-distribution gate LatentShift applies by default (see models/gate.py).
+    model.ood_gate = gate_for_autoencoder(model)
+    return model
 
 
 def _get(
