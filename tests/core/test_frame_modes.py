@@ -213,3 +213,17 @@ def test_gate_on_reconstruction_error(tiny, positives):
     exp = LatentShift(clf, ae, gate=OODGate(recon_threshold=1e-3)).explain(x, target=0)
     assert exp.refused == [True]
     assert exp.ood.scores["recon_error"][0] > 1e-3
+
+
+@pytest.mark.parametrize("mode", ["residual", "reconstruction"])
+def test_a_flat_image_ends_with_a_finite_search(tiny, mode):
+    """A constant image has no dynamic range: the image-change rule must not fire at every
+    λ and drive the refinement towards 0 forever."""
+    clf, ae, _ = tiny
+    x = torch.full((1, 1, 32, 32), -384.0)
+    exp = LatentShift(clf, ae, mode=mode).explain(x, target=0)
+    assert exp.n_evaluations < 60
+    assert all(
+        r is not StopReason.IMAGE_CHANGE or abs(b) > 1e-6
+        for r, b in zip(exp.stop_reasons[0].values(), exp.bounds[0], strict=True)
+    )

@@ -140,3 +140,14 @@ def test_absolute_and_relative_goals():
 def test_bad_config_is_refused(kwargs):
     with pytest.raises(ValueError):
         SearchConfig(**kwargs)
+
+
+def test_a_pathological_curve_cannot_keep_a_lane_busy():
+    # Every point beyond 0 exceeds the image-change limit while the limit is never
+    # approached from below: the refinement would halve towards 0 forever.
+    config = SearchConfig(max_image_change=0.5)
+    (lo, hi), calls = drive(
+        lambda lam: 0.8, config, change=lambda lam: 1e9 if lam else 0.0, slope=1e-3
+    )
+    assert lo.reason is hi.reason is StopReason.IMAGE_CHANGE
+    assert len(calls) <= 2 * 50

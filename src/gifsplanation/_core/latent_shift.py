@@ -427,7 +427,10 @@ class FrameEvaluator:
             cost,
         )
         flat = grad.zero_frame.flatten(1)
-        self.ranges = (flat.amax(1) - flat.amin(1)).clamp_min(1e-12)
+        # A flat image has no dynamic range; measure its change against 1% of the pixel
+        # range instead of dividing by ~0 (which made every λ an "image change").
+        floor = 0.01 * (pixel_range[1] - pixel_range[0]) if pixel_range else 1e-12
+        self.ranges = (flat.amax(1) - flat.amin(1)).clamp_min(floor)
         self.cache: dict[tuple[int, float], tuple[float, float, torch.Tensor]] = {
             (i, 0.0): (float(grad.p0[i]), 0.0, grad.zero_frame[i]) for i in range(x.shape[0])
         }

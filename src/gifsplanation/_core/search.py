@@ -36,6 +36,9 @@ STRATEGIES: tuple[str, ...] = ("fast", "paper")
 # Predictions that move by less than this are "not moving"; guards turn detection
 # against float noise in flat regions.
 _TURN_EPS = 1e-6
+MAX_POINTS = 48
+"""A fast lane decides with the points it has once it has evaluated this many (the
+bracketing and refinement normally need under 10; a pathological curve must not loop)."""
 
 
 class StopReason(StrEnum):
@@ -291,6 +294,9 @@ class Lane:
         cap = self.config.max_lambda
         assert self.goal is not None
         amount = abs(self.goal - self.p0)
+        if reason is None and len(self.points) > MAX_POINTS:
+            self._finish(StopReason.LAMBDA_CAP, last, None)
+            return None
         if reason is None:
             if last.t == 0.0:
                 # First-order estimate in logit space, where sigmoid-shaped curves are
@@ -318,7 +324,8 @@ class Lane:
             close = limit - lo.change <= self.config.ftol * limit
             value_lo, value_hi = lo.change, hi.change
             aim = limit * (1 - 0.5 * self.config.ftol)
-        if close or width <= self.config.rtol * hi.t:
+        exhausted = len(self.points) > MAX_POINTS or hi.t <= 1e-12
+        if close or exhausted or width <= self.config.rtol * hi.t:
             self._finish(reason, lo, hi)
             return None
         frac = (aim - value_lo) / (value_hi - value_lo) if value_hi != value_lo else 0.5
