@@ -103,6 +103,19 @@ def shard(n_items: int, rank: int, world_size: int, block: int = 1) -> list[int]
     return [k for k in range(n_items) if (k // block) % world_size == rank]
 
 
+def batch_block(n_items: int, world_size: int, images_per_call: int) -> int:
+    """Images per engine call: ``images_per_call``, shrunk when there are too few images
+    for every process to get a batch (so 8 images on 2 processes do not leave one idle).
+
+    Example:
+        >>> batch_block(100, 2, 8), batch_block(8, 2, 8), batch_block(3, 4, 8)
+        (8, 4, 1)
+    """
+    if world_size <= 1 or n_items >= world_size * images_per_call:
+        return images_per_call
+    return max(1, -(-n_items // world_size))
+
+
 @dataclass(frozen=True)
 class DistInfo:
     """Where this process stands in a run.
@@ -393,17 +406,17 @@ def _run(
     counter = _GlobalProgress(info, NoProgress(), 0)
     _check_same_inputs(files, info)
 
-    mine = shard(len(files), info.rank, info.world_size, block=options.images_per_call)
-    idle = info.world_size - -(-len(files) // options.images_per_call)
-    if info.is_main and info.distributed and idle > 0:
-        log.warning(
-            "%d of %d processes get no image: %d images make fewer batches of %d than "
-            "processes; lower --images-per-call to spread them",
-            idle,
-            info.world_size,
+    step = batch_block(len(files), info.world_size, options.images_per_call)
+    if info.is_main and step < options.images_per_call:
+        log.info(
+            "%d images on %d processes: %d images per engine call (instead of %d) so that "
+            "every process gets work",
             len(files),
+            info.world_size,
+            step,
             options.images_per_call,
         )
+    mine = shard(len(files), info.rank, info.world_size, block=step)
     items = dict(zip(mine, make_items([files[k] for k in mine]), strict=True))
     pending: list[int] = []
     for k in mine:
@@ -414,7 +427,6 @@ def _run(
             runner.add_skipped(items[k], found)
 
     # Every process makes the same number of progress reductions.
-    step = options.images_per_call
     n_batches = -(-len(pending) // step)
     total, skipped, max_batches = (
         *counter.reduce([len(mine), len(mine) - len(pending)]),
@@ -466,7 +478,9 @@ def _run(
         world_size=info.world_size,
         interrupted=interrupted,
     )
-    header = summary_header(runner, world_size=info.world_size, interrupted=interrupted)
+    header = summary_header(
+        runner, world_size=info.world_size, images_per_call_used=step, interrupted=interrupted
+    )
     if info.distributed:
         rank_doc = {**header, "rank": info.rank, "counts": local, "entries": runner.entries}
         name = f"manifest-rank{info.rank}-of-{info.world_size}.json"

@@ -149,13 +149,19 @@ def classifier(
     ] = None,
     recon_prob: Annotated[float, typer.Option(help="Share of images replaced.")] = 0.5,
     head: Annotated[
-        str, typer.Option(help="softmax (exclusive targets) or sigmoid (multi-label).")
+        str,
+        typer.Option(
+            help="softmax (exclusive targets), sigmoid (multi-label) or regression "
+            "(quantities in [0, 1] read from the masks)."
+        ),
     ] = "softmax",
     output: Annotated[
         list[str] | None,
         typer.Option(
             help="Sigmoid head: an output NAME=LABEL[|LABEL...], positive for those labels "
-            "(repeatable; default one output per label)."
+            "(repeatable; default one output per label). Regression head: NAME=QUANTITY, "
+            "QUANTITY infection_extent (share of the lung mask the infection mask covers) "
+            "or infection_area (share of the image)."
         ),
     ] = None,
     augment: AugOpt = True,
@@ -164,6 +170,9 @@ def classifier(
         float,
         typer.Option(help="Weight of an auxiliary loss predicting the infection mask (0 = off)."),
     ] = 0.0,
+    pool: Annotated[
+        int, typer.Option(min=1, help="Average-pool the input by this factor first (2: 112 px).")
+    ] = 2,
     threads: ThreadsOpt = 0,
     time_limit: TimeOpt = 0.0,
     max_steps: StepsOpt = 0,
@@ -173,8 +182,8 @@ def classifier(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train a small ResNet-style classifier returning calibrated probabilities."""
-    if head not in ("softmax", "sigmoid"):
-        raise typer.BadParameter(f"--head {head!r}: choose softmax or sigmoid")
+    if head not in ("softmax", "sigmoid", "regression"):
+        raise typer.BadParameter(f"--head {head!r}: choose softmax, sigmoid or regression")
     _run("classifier", locals())
 
 

@@ -9,7 +9,9 @@ After every epoch it validates, writes ``last.pt`` (model, optimiser, scheduler,
 of the configuration, data, per-epoch metrics and timing. At the end it exports the best
 model as fp16 weights (``model.pt``) with a JSON sidecar. The classifier's softmax is
 calibrated by temperature scaling on the validation split (AUC does not change); the
-autoencoder stores the mean latent of each training class (for the demo image).
+autoencoder stores the mean latent of each training class (for the demo image). A
+classifier with ``head="regression"`` learns quantities read from the masks instead of
+labels (:data:`QUANTITIES`, e.g. the share of the lung the infection covers).
 """
 
 from __future__ import annotations
@@ -67,13 +69,19 @@ class TrainConfig:
         ssim_weight: autoencoder loss weight of (1 − SSIM) (0 = elastic loss only).
         gradient_weight: autoencoder loss weight of the image-gradient term (0 = off).
         blocks: residual blocks per stage.
-        head: classifier output (``"softmax"`` or ``"sigmoid"``).
+        head: classifier output (``"softmax"``, ``"sigmoid"`` or ``"regression"``).
         outputs: sigmoid classifiers only: the outputs, each ``"NAME=LABEL[|LABEL...]"``
             (positive when the image's label is one of those); e.g.
             ``["COVID-19=COVID-19", "Pneumonia=COVID-19|Non-COVID pneumonia"]``. Empty
-            (default): one output per dataset label.
+            (default): one output per dataset label. Regression head: each output is
+            ``"NAME=QUANTITY"`` with a quantity of :data:`QUANTITIES` (e.g.
+            ``"OpacityExtent=infection_extent"``), learnt with a binary cross-entropy
+            against the continuous target in [0, 1].
         augment: apply augmentation.
         augment_strength: ``"light"`` (default) or ``"strong"`` (see :func:`augment_batch`).
+        pool: classifier only: the input is average-pooled by this factor first (2: the
+            network sees 112x112; 4: 56x56, where only large-scale patterns such as
+            opacities remain, not fine texture).
         mask_weight: classifier only: weight of an auxiliary loss predicting the infection
             mask from the last feature map (0 = off; the classifier gets a mask head).
         recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
@@ -106,11 +114,12 @@ class TrainConfig:
     ssim_weight: float = 0.0
     gradient_weight: float = 0.0
     blocks: int = 1
-    head: Literal["softmax", "sigmoid"] = "softmax"
+    head: Literal["softmax", "sigmoid", "regression"] = "softmax"
     outputs: list[str] = field(default_factory=list)
     augment: bool = True
     augment_strength: str = "light"
     mask_weight: float = 0.0
+    pool: int = 2
     recon_autoencoders: list[str] = field(default_factory=list)
     recon_prob: float = 0.5
     threads: int = 0
@@ -119,6 +128,108 @@ class TrainConfig:
     val_limit: int = 0
     cache_dir: str | None = None
     device: str = "cpu"
+
+
+#: What a regression head can learn, read from each image's masks: the share of the lung
+#: mask the infection mask covers, or the share of the whole image it covers.
+QUANTITIES: dict[str, str] = {
+    "infection_extent": "share of the lung mask covered by the infection mask",
+    "infection_area": "share of the image covered by the infection mask",
+}
+
+
+def regression_outputs(cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """Output names and quantities of a regression head (``cfg.outputs`` as NAME=QUANTITY).
+
+    Example:
+        >>> cfg = TrainConfig("classifier", "d.csv", "o", head="regression",
+        ...                   outputs=["OpacityExtent=infection_extent"])
+        >>> regression_outputs(cfg)
+        (['OpacityExtent'], ['infection_extent'])
+    """
+    if not cfg.outputs:
+        raise ValueError(
+            "head='regression' needs outputs NAME=QUANTITY, QUANTITY one of "
+            f"{', '.join(QUANTITIES)}"
+        )
+    names, quantities = [], []
+    for spec in cfg.outputs:
+        name, sep, quantity = (part.strip() for part in spec.partition("="))
+        if not sep or not name or quantity not in QUANTITIES:
+            raise ValueError(
+                f"output {spec!r}: a regression output is NAME=QUANTITY with QUANTITY one of "
+                f"{', '.join(QUANTITIES)}"
+            )
+        names.append(name)
+        quantities.append(quantity)
+    return names, quantities
+
+
+def mask_quantities(dataset: MaskedCXRDataset, quantities: list[str]) -> torch.Tensor:
+    """Per item, each quantity of :data:`QUANTITIES` read from its masks, ``(N, Q)`` float.
+
+    An item without an infection mask (or with an empty one) has no infection (0);
+    ``infection_extent`` needs every item's lung mask and raises naming the first missing.
+    """
+    out = torch.zeros(len(dataset), len(quantities))
+    for i in range(len(dataset)):
+        infection = dataset.load_mask(i, "infection")
+        if infection is None or not infection.any():
+            continue
+        for k, q in enumerate(quantities):
+            if q == "infection_area":
+                out[i, k] = float(infection.mean())
+                continue
+            lung = dataset.load_mask(i, "lung")
+            if lung is None or not lung.any():
+                raise ValueError(
+                    f"{dataset.records[i].image}: infection_extent needs a lung mask "
+                    "(a lung_mask column, or a lung_masks/ folder next to images/)"
+                )
+            out[i, k] = float((infection & lung).sum() / lung.sum())
+    return out
+
+
+def regression_targets(cfg: TrainConfig, dataset: MaskedCXRDataset) -> torch.Tensor:
+    """:func:`mask_quantities` of the regression outputs, cached when ``cfg.cache_dir`` is set."""
+    _, quantities = regression_outputs(cfg)
+    if cfg.cache_dir is None:
+        return mask_quantities(dataset, quantities)
+    key = "|".join(
+        [str(Path(cfg.data).resolve()), str(cfg.size), *quantities]
+        + [f"{r.infection_mask}|{r.lung_mask}" for r in dataset.records]
+    )
+    path = Path(cfg.cache_dir) / f"quantities-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    if path.is_file():
+        return torch.load(path, weights_only=True)
+    values = mask_quantities(dataset, quantities)
+    atomic_torch_save(values, path)
+    return values
+
+
+def regression_metrics(pred: torch.Tensor, target: torch.Tensor, names: list[str]) -> dict:
+    """Per output: mean absolute error, RMSE, Pearson and Spearman correlation with the
+    target, and the AUC of the prediction for "the target is above 0"; ``loss`` is the
+    mean squared error over outputs."""
+    from scipy import stats
+
+    per: dict[str, dict[str, float]] = {}
+    for k, n in enumerate(names):
+        p, t = pred[:, k].numpy().astype(float), target[:, k].numpy().astype(float)
+        varies = p.std() > 0 and t.std() > 0
+        per[n] = {
+            "mean_abs_error": float(np.abs(p - t).mean()),
+            "rmse": float(np.sqrt(((p - t) ** 2).mean())),
+            "pearson": float(stats.pearsonr(p, t)[0]) if varies else float("nan"),
+            "spearman": float(stats.spearmanr(p, t)[0]) if varies else float("nan"),
+            "auc_positive": roc_auc(p, t > 0),
+            "target_mean": float(t.mean()),
+        }
+    return {
+        "regression": per,
+        "mean_abs_error": float(np.mean([v["mean_abs_error"] for v in per.values()])),
+        "loss": float(((pred - target) ** 2).mean()),
+    }
 
 
 def output_matrix(cfg: TrainConfig, labels: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -132,6 +243,9 @@ def output_matrix(cfg: TrainConfig, labels: list[str]) -> tuple[list[str], torch
         >>> names, m.tolist()
         (['A', 'AB'], [[1.0, 1.0], [0.0, 1.0], [0.0, 0.0]])
     """
+    if cfg.head == "regression":
+        names = regression_outputs(cfg)[0]
+        return names, torch.zeros(len(labels), len(names))
     if not cfg.outputs:
         return list(labels), torch.eye(len(labels))
     if cfg.head != "sigmoid":
@@ -392,6 +506,7 @@ def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
             head=cfg.head,
             input_size=cfg.size,
             mask_head=cfg.mask_weight > 0,
+            pool=cfg.pool,
         )
     raise ValueError(f"kind must be 'autoencoder' or 'classifier', got {cfg.kind!r}")
 
@@ -421,6 +536,8 @@ def _target_loss(
 ) -> torch.Tensor:
     if cfg.head == "softmax":
         return F.cross_entropy(logits, y)
+    if cfg.head == "regression":  # y: the continuous targets (B, n_outputs) in [0, 1]
+        return F.binary_cross_entropy_with_logits(logits, y)
     return F.binary_cross_entropy_with_logits(logits, matrix.to(y.device)[y])
 
 
@@ -445,6 +562,8 @@ def _validate(
         mae, mse = abs_err / n, sq_err / n
         return {"mae": mae, "loss": mae / 1024 + mse / 1024**2, **realism(model, images[:128])}
     probs = predict(model, images, device=cfg.device)
+    if cfg.head == "regression":  # targets: the continuous quantities
+        return regression_metrics(probs, targets, names)
     m = classifier_metrics(probs, targets, names, matrix)
     m["loss"] = m["nll"]
     return m
@@ -468,7 +587,7 @@ def realism(ae: nn.Module, images: torch.Tensor) -> dict[str, float]:
 def _better(cfg: TrainConfig, new: dict, old: dict | None) -> bool:
     if old is None:
         return True
-    if cfg.kind == "classifier":  # AUC first, NLL breaks ties
+    if cfg.kind == "classifier" and cfg.head != "regression":  # AUC first, NLL breaks ties
         return (new["mean_auc"], -new["nll"]) > (old["mean_auc"], -old["nll"])
     return new["loss"] < old["loss"]
 
@@ -506,6 +625,10 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     log.info("data: %d train, %d val images, labels %s", len(x_train), len(x_val), names)
     out_names, matrix = output_matrix(cfg, names)
     multi = matrix if cfg.kind == "classifier" and cfg.head == "sigmoid" else None
+    regress = cfg.kind == "classifier" and cfg.head == "regression"
+    # what the loss and the metrics compare with: labels, or a regression's quantities
+    t_train = regression_targets(cfg, train_ds) if regress else y_train
+    t_val = regression_targets(cfg, val_ds) if regress else y_val
 
     torch.manual_seed(cfg.seed)
     model = build(cfg, out_names).to(cfg.device)
@@ -547,6 +670,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 "head",
                 "outputs",
                 "mask_weight",
+                "pool",
                 "size",
                 "seed",
             )
@@ -578,6 +702,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
             "n_val": len(x_val),
             "train_counts": {n: int((y_train == i).sum()) for i, n in enumerate(names)},
             "val_counts": {n: int((y_val == i).sum()) for i, n in enumerate(names)},
+            **(
+                {"target_means": {"train": t_train.mean(0).tolist(), "val": t_val.mean(0).tolist()}}
+                if regress
+                else {}
+            ),
         },
         "architecture": type(model).__name__,
         "model_config": dict(model.config),  # type: ignore[attr-defined]
@@ -632,7 +761,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                     x, m = augment_batch(x, gen, cfg.augment_strength, masks=m)
                 elif cfg.augment:
                     x = augment_batch(x, gen, cfg.augment_strength)
-                x, y = x.to(cfg.device), y_train[idx].to(cfg.device)
+                x, y = x.to(cfg.device), t_train[idx].to(cfg.device)
                 loss = _loss(cfg, model, x, y, matrix, None if m is None else m.to(cfg.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -644,7 +773,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 if cfg.max_steps and step >= cfg.max_steps:
                     break
             n_val = cfg.val_limit or len(x_val)
-            metrics = _validate(cfg, model, x_val[:n_val], y_val[:n_val], out_names, multi)
+            metrics = _validate(cfg, model, x_val[:n_val], t_val[:n_val], out_names, multi)
             seconds = time.time() - t0
             epoch_seconds.append(seconds)
             entry = {
@@ -689,7 +818,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         raise RuntimeError(f"no epoch completed in {out}; nothing to export")
     final = build_model(read_checkpoint(best_path), cfg.device)
     extras: dict[str, torch.Tensor] = {}
-    if cfg.kind == "classifier":
+    if regress:  # no calibration: the outputs are quantities, not probabilities
+        record["final_val"] = _validate(cfg, final, x_val, t_val, out_names)
+    elif cfg.kind == "classifier":
         final_logits = _logits(final, x_val, cfg.device)
         before = classifier_metrics(_probs(final_logits, cfg.head), y_val, out_names, multi)
         t = fit_temperature(final_logits, y_val, cfg.head, multi)
@@ -803,6 +934,11 @@ def _command_line() -> str:
 
 
 def _short(m: dict[str, Any]) -> str:
+    if "regression" in m:
+        return "; ".join(
+            f"{k}: MAE {v['mean_abs_error']:.4f}, r {v['pearson']:.3f}"
+            for k, v in m["regression"].items()
+        )
     if "mae" in m:
         return f"MAE {m['mae']:.1f}, SSIM {m['ssim']:.3f}, edge ratio {m['edge_ratio']:.2f}"
     aucs = ", ".join(f"{k} {v:.3f}" for k, v in m["auc"].items())
