@@ -305,3 +305,59 @@ def test_search_options_reach_the_engine(tiny_cli, tmp_path):
     assert config["upper_change"] is None and config["max_lambda"] == 1000
     assert config["threshold_mode"] == "absolute"
     assert "disabled" in json.dumps(record)
+
+
+def test_an_unusable_out_fails_before_any_model_is_loaded(tiny_cli, tmp_path):
+    files = _blob_pngs(tmp_path / "in")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "index.html").write_text("<p>my own page</p>")
+    (tmp_path / "a-file").write_text("x")
+    for out, message in (
+        ("taken", "index.html exists and was not written"),
+        ("a-file", "is a file"),
+    ):
+        result = runner.invoke(app, ["explain", str(files["gray8"]), "-o", str(tmp_path / out)])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+    assert tiny_cli == []  # no model was loaded
+    assert (tmp_path / "taken" / "index.html").read_text() == "<p>my own page</p>"
+
+
+def test_ctrl_c_says_what_finished_and_how_to_resume(tiny_cli, tmp_path):
+    files = _blob_pngs(tmp_path / "in")
+    from gifsplanation.runs import outputs
+
+    real, calls = outputs.write_explanation, []
+
+    def interrupt_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    out = tmp_path / "out"
+    args = ["explain", str(tmp_path / "in"), "-o", str(out), "--no-mp4", "--no-flow"]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("gifsplanation.runs.runner.write_explanation", interrupt_second)
+        result = runner.invoke(app, [*args, "--images-per-call", "1"])
+    assert result.exit_code == 130, result.output
+    assert "1 explained" in result.output
+    assert "run the same command again to finish the rest" in result.output
+    assert json.loads((out / "manifest.json").read_text())["interrupted"] is True
+    again = runner.invoke(app, [*args, "--images-per-call", "1"])
+    assert again.exit_code == 0, again.output
+    assert f"{len(files) - 1} explained, 1 already finished (skipped)" in again.output
+
+
+def test_an_absent_target_is_said_on_the_command_line(tiny_cli, tmp_path):
+    from gifsplanation.testing import BlobData
+
+    x, _, _ = BlobData(seed=5).batch(1, positive=False)
+    a = ((x[0, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8)
+    Image.fromarray(a).save(tmp_path / "clear.png")
+    result = runner.invoke(
+        app, ["explain", str(tmp_path / "clear.png"), "-o", str(tmp_path / "out"), "-t", "blob"]
+    )
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "does not find blob here" in text and "the frames show what would add it" in text
