@@ -212,7 +212,10 @@ class CXRClassifier(nn.Module):
         targets: output names (default the COVID-QU-Ex targets).
         channels: widths of the stem and the stages (default ``(16, 32, 64, 128)``).
         blocks: residual blocks per stage (default 1).
-        head: ``"softmax"`` (mutually exclusive targets; default) or ``"sigmoid"``.
+        head: ``"softmax"`` (mutually exclusive targets; default), ``"sigmoid"``
+            (independent yes/no targets) or ``"regression"`` (each output a quantity in
+            [0, 1], such as the share of the lung an infection covers: a sigmoid trained
+            on continuous targets, with no operating point).
         pool: input average-pooling factor (default 2).
         temperature: divides the logits before the softmax/sigmoid; fitted after training
             on held-out data for calibration (default 1).
@@ -237,7 +240,7 @@ class CXRClassifier(nn.Module):
         targets: list[str] | None = None,
         channels: tuple[int, ...] | list[int] = (16, 32, 64, 128),
         blocks: int = 1,
-        head: Literal["softmax", "sigmoid"] = "softmax",
+        head: Literal["softmax", "sigmoid", "regression"] = "softmax",
         pool: int = 2,
         temperature: float = 1.0,
         dropout: float = 0.2,
@@ -248,8 +251,8 @@ class CXRClassifier(nn.Module):
         super().__init__()
         if targets is None:
             targets = ["COVID-19", "Non-COVID pneumonia", "Normal"]
-        if head not in ("softmax", "sigmoid"):
-            raise ValueError(f"head must be 'softmax' or 'sigmoid', got {head!r}")
+        if head not in ("softmax", "sigmoid", "regression"):
+            raise ValueError(f"head must be 'softmax', 'sigmoid' or 'regression', got {head!r}")
         channels = tuple(int(c) for c in channels)
         self.targets = list(targets)
         self.head = head
@@ -306,7 +309,8 @@ class CXRClassifier(nn.Module):
         return self.fc(self.dropout(h.mean(dim=(2, 3)))), self.mask_head(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Probabilities ``(B, n_targets)`` (softmax or sigmoid of logits / temperature)."""
+        """Probabilities ``(B, n_targets)`` (softmax or sigmoid of logits / temperature;
+        a regression head's sigmoid is the predicted quantity in [0, 1])."""
         z = self.logits(x) / self.temperature
         return torch.softmax(z, dim=1) if self.head == "softmax" else torch.sigmoid(z)
 
