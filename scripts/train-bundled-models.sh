@@ -40,8 +40,8 @@ $PY -m gifsplanation train classifier "$DATA" --out "$RUNS/cxr-classifier-recon"
     --cache-dir "$CACHE" --resume > "$RUNS/cxr-classifier-recon.log" 2>&1
 install cxr-classifier-recon cxr-classifier
 
-# 3. The demo input: a synthetic latent (see gifsplanation.models.registry.make_demo_latent).
-$PY -c "from gifsplanation.models.registry import save_demo_latent; save_demo_latent()"
+# 3. The demo input: a synthetic latent (see gifsplanation.models.demo.make_demo_latent).
+$PY -c "from gifsplanation.models.demo import save_demo_latent; save_demo_latent()"
 ls -l "$WEIGHTS"
 
 # 4. Held-out measurements: classifier AUC, AE MAE, AE effect on predictions, IoU of

@@ -1,5 +1,5 @@
-"""Models: the registry (bundled CXR models and the TorchXRayVision zoo), our architectures,
-checkpoints and training.
+"""Models: the registry (bundled CXR models and the TorchXRayVision zoo), the demo input,
+our architectures, checkpoints and training.
 
 Example:
     >>> from gifsplanation.models import list_models
@@ -8,12 +8,12 @@ Example:
 """
 
 from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss
+from .demo import demo_image
 from .registry import (
     DEFAULT_AUTOENCODER,
     DEFAULT_CLASSIFIER,
     ModelEntry,
     UnknownModelError,
-    demo_image,
     get_autoencoder,
     get_classifier,
     get_entry,
