@@ -191,7 +191,7 @@ def observers_for(
 
 @torch.no_grad()
 def observe(
-    frames: torch.Tensor, observers: Sequence[Observer], batch_size: int = 32
+    frames: torch.Tensor, observers: Sequence[Observer], batch_size: int = 16
 ) -> torch.Tensor:
     """Every observer's output on every frame: ``(B, T, C, H, W)`` → ``(B, K, T)``.
 
@@ -519,7 +519,7 @@ def align_explanation(
     base: str | None = None,
     side: Side = "lower",
     min_base_change: float = DEFAULT_MIN_BASE_CHANGE,
-    batch_size: int = 32,
+    batch_size: int = 16,
     bootstrap: int = 2000,
     confidence: float = 0.95,
     seed: int = 0,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import batch, evaluate, explain, models, study, train
+from . import align, batch, evaluate, explain, models, study, train
 
 app = typer.Typer(
     name="gifsplanation",
@@ -18,7 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-for _module in (explain, batch, models, train, evaluate, study):
+for _module in (explain, batch, models, train, evaluate, study, align):
     _module.register(app)
 
 
