@@ -37,7 +37,6 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from gifsplanation.datasets import uint8_to_model
 from gifsplanation.io import load_image
 from gifsplanation.models import get_autoencoder
 from gifsplanation.models.gate import (
@@ -48,6 +47,7 @@ from gifsplanation.models.gate import (
     reconstruction_errors,
     training_images,
 )
+from gifsplanation.pixels import uint8_to_model
 
 SIZE = 224
 FAKE_MONOCHROME1 = "Fake_MONOHR1.dcm"

@@ -25,6 +25,8 @@ import skimage.transform
 import torch
 from PIL import Image
 
+from .pixels import to_uint8, uint8_to_model
+
 log = logging.getLogger(__name__)
 
 Split = Literal["train", "val", "all"]
@@ -58,11 +60,6 @@ class Record:
     label: str
     infection_mask: Path | None = None
     lung_mask: Path | None = None
-
-
-def normalize_uint8(img: np.ndarray, maxval: float = 255.0) -> np.ndarray:
-    """Scale ``[0, maxval]`` to ``[-1024, 1024]`` (as ``xrv.datasets.normalize``)."""
-    return (img.astype(np.float32) / maxval) * 2048.0 - 1024.0
 
 
 def center_crop(img: np.ndarray) -> np.ndarray:
@@ -269,9 +266,8 @@ class MaskedCXRDataset(torch.utils.data.Dataset):
 
     def load_uint8(self, i: int) -> np.ndarray:
         """Item ``i``'s image cropped and resized, as ``uint8`` (``size`` x ``size``)."""
-        img = normalize_uint8(center_crop(read_gray(self.records[i].image)))
-        img = resize_image(img, self.size)
-        return np.clip(np.rint((img + 1024.0) / 2048.0 * 255.0), 0, 255).astype(np.uint8)
+        img = uint8_to_model(center_crop(read_gray(self.records[i].image)))
+        return to_uint8(resize_image(img, self.size))
 
     def load_mask(
         self, i: int, kind: Literal["infection", "lung"] = "infection"
@@ -287,7 +283,7 @@ class MaskedCXRDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {i} out of range for a dataset of {len(self)} items")
         i %= len(self)
         rec = self.records[i]
-        img = normalize_uint8(center_crop(read_gray(rec.image)))
+        img = uint8_to_model(center_crop(read_gray(rec.image)))
         img = resize_image(img, self.size)
         mask = self.load_mask(i)
         return {
@@ -301,17 +297,18 @@ class MaskedCXRDataset(torch.utils.data.Dataset):
     def cached(self, progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode every item once: ``(images uint8 (N,1,size,size), targets int64 (N,))``.
 
-        Convert a batch back with :func:`uint8_to_model`. Quantisation to 8 bits costs at
-        most 4 units of the [-1024, 1024] range (the sources are 8-bit anyway).
+        Convert a batch back with :func:`~gifsplanation.pixels.uint8_to_model`.
+        Quantisation to 8 bits costs at most 4 units of the [-1024, 1024] range (the
+        sources are 8-bit anyway).
         """
-        out = torch.empty((len(self), 1, self.size, self.size), dtype=torch.uint8)
-        it = range(len(self))
-        if progress:
-            from rich.progress import track
+        from .runs.progress import progress_bar
 
-            it = track(it, description=f"decoding {len(self)} images", transient=True)
-        for i in it:
-            out[i, 0] = torch.from_numpy(self.load_uint8(i))
+        out = torch.empty((len(self), 1, self.size, self.size), dtype=torch.uint8)
+        with progress_bar(progress, transient=True) as bar:
+            task = bar.add_task(f"decoding {len(self)} images", total=len(self))
+            for i in range(len(self)):
+                out[i, 0] = torch.from_numpy(self.load_uint8(i))
+                bar.advance(task)
         return out, torch.tensor(self.targets, dtype=torch.long)
 
 
@@ -329,8 +326,3 @@ def cached_masks(
         share = torch.nn.functional.adaptive_avg_pool2d(t, size)[0, 0]
         out[i, 0] = (share * 255).round().to(torch.uint8)
     return out
-
-
-def uint8_to_model(x: torch.Tensor) -> torch.Tensor:
-    """Map cached ``uint8`` images to float in [-1024, 1024]."""
-    return x.float() * (2048.0 / 255.0) - 1024.0

@@ -37,8 +37,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset
 
+from .files import write_text
 from .io import load_image
-from .render import write_text
 from .runs import (
     STATUSES,
     ExplainOptions,
@@ -54,7 +54,7 @@ from .runs import (
     write_summary,
 )
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
 
 #: How many progress reductions a process may have in flight: a process can run this many
 #: batches ahead of the slowest one before it waits for it.

@@ -27,7 +27,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-log = logging.getLogger("gifsplanation")
+from .pixels import uint8_to_model
+
+log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".dcm", ".dicom", ".dic")
 """File suffixes picked up when a folder is given."""
@@ -202,20 +204,20 @@ def _pillow_to_array(p: Path, im: Image.Image) -> np.ndarray:
         if np.array_equal(r, g) and np.array_equal(g, b):
             # Grayscale saved as RGB (common for exported X-rays): nothing is lost.
             log.debug("%s: %s image with identical channels read as grayscale", p, mode)
-            return _normalize(r, 255)
+            return uint8_to_model(r)
         warnings.warn(
             f"{p}: {mode} image converted to grayscale (luminance of the colours)",
             ColorImageWarning,
             stacklevel=4,
         )
-        return _normalize(np.asarray(im.convert("L")), 255)
+        return uint8_to_model(np.asarray(im.convert("L")))
     if mode in ("L", "1"):
-        return _normalize(np.asarray(im.convert("L")), 255)
+        return uint8_to_model(np.asarray(im.convert("L")))
     if mode.startswith("I;16") or mode == "I":
         arr = np.asarray(im).astype(np.int64)
         if arr.min() < 0 or arr.max() > 65535:
             return _rescale(p, arr, "32-bit values outside 0..65535")
-        return _normalize(arr, _bit_depth_max(p, arr))
+        return uint8_to_model(arr, maxval=_bit_depth_max(p, arr))
     if mode == "F":
         return _rescale(p, np.asarray(im), "floating-point image")
     raise ImageLoadError(f"{p}: unsupported image mode {mode!r}")
@@ -231,10 +233,6 @@ def _bit_depth_max(p: Path, arr: np.ndarray) -> int:
                 log.info("%s: 16-bit file with values up to %d; read as %d-bit", p, peak, bits)
             return 2**bits - 1
     return 65535
-
-
-def _normalize(arr: np.ndarray, maxval: float) -> np.ndarray:
-    return (2.0 * (arr.astype(np.float32) / maxval) - 1.0) * 1024.0
 
 
 def _rescale(p: Path, arr: np.ndarray, why: str) -> np.ndarray:

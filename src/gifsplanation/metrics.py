@@ -4,7 +4,9 @@ Localisation against a ground-truth mask (the paper's Table 1 and beyond):
 :func:`iou_top_p` (binarise the map to its top-p pixels, p = the mask's pixel count),
 :func:`pointing_game` (is the map's maximum inside the mask) and :func:`relevance_mass`
 (share of the map's total inside the mask). Map similarity: :func:`spearman_similarity`
-(the randomisation and robustness experiments). Counterfactual quality:
+(the randomisation and robustness experiments). Classification: :func:`roc_auc` (the one
+AUC of the package; the model-training metrics built on it are in
+:mod:`gifsplanation.models.metrics`). Counterfactual quality:
 :func:`counterfactual_quality` (validity, prediction change, proximity, realism proxy,
 similarity to the input and sharpness). Image realism: :func:`ssim` (structural
 similarity, scikit-image) and :func:`fine_edge_ratio` (how much of an image's fine-edge
@@ -167,6 +169,22 @@ def spearman_similarity(a: Any, b: Any) -> float:
     if np.ptp(x) == 0 or np.ptp(y) == 0:
         return math.nan
     return float(stats.spearmanr(x, y).statistic)
+
+
+def roc_auc(scores: Any, positive: Any) -> float:
+    """Area under the ROC curve of ``scores`` for the ``positive`` items (bool or 0/1;
+    scikit-learn, ties count half); NaN when only one class is present.
+
+    Example:
+        >>> roc_auc([0.1, 0.4, 0.35, 0.8], [0, 0, 1, 1])
+        0.75
+    """
+    from sklearn.metrics import roc_auc_score
+
+    positive = np.asarray(positive).astype(bool)
+    if positive.all() or not positive.any():
+        return math.nan
+    return float(roc_auc_score(positive.astype(int), np.asarray(scores)))
 
 
 def chance_iou(mask: Any) -> float:

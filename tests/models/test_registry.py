@@ -200,21 +200,26 @@ def test_bundled_models_load_offline_with_provenance() -> None:
 
     clf, ae = get_classifier(), get_autoencoder()
     assert clf.name == "cxr-classifier" and ae.name == "cxr-ae"
-    assert clf.targets == ["COVID-19", "Non-COVID pneumonia", "Normal"]
+    assert clf.targets == ["COVID-19", "Pneumonia", "Non-COVID pneumonia"]
     assert clf.output_kind == "probability" and clf.input_size == 224
     assert len(clf.weights_sha256) == 64
+    assert len(clf.operating_points) == 3 and all(0 < v < 1 for v in clf.operating_points)
     x = demo_image()
     assert x.shape == (1, 1, 224, 224) and -1024 <= x.min() and x.max() <= 1024
     with torch.no_grad():
         p = clf(x)
-    assert torch.allclose(p.sum(1), torch.ones(1), atol=1e-4)
+    assert ((p > 0) & (p < 1)).all() and p.shape == (1, 3)  # independent sigmoids
+    old = get_classifier("cxr-classifier-recon-softmax")
+    assert old.targets == ["COVID-19", "Non-COVID pneumonia", "Normal"]
+    with torch.no_grad():
+        assert torch.allclose(old(x).sum(1), torch.ones(1), atol=1e-4)  # softmax
     assert ae.decode(ae.encode(x)).shape == x.shape
 
 
 @bundled
 def test_bundled_models_separate_covid_on_real_images(shared_data: Path) -> None:
     from gifsplanation.datasets import MaskedCXRDataset
-    from gifsplanation.models.training import roc_auc
+    from gifsplanation.metrics import roc_auc
 
     ds = MaskedCXRDataset(shared_data / "covid-qu-ex" / "train.csv", split="val")
     rng = np.random.default_rng(0)

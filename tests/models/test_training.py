@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from gifsplanation.models import get_autoencoder, get_classifier
+from gifsplanation.models.augment import augment_batch
 from gifsplanation.models.checkpoint import sha256_file
-from gifsplanation.models.training import TrainConfig, augment_batch, fit_temperature, train
+from gifsplanation.models.training import TrainConfig, fit_temperature, train
 
 
 def _cfg(kind: str, data: Path, out: Path, **kw) -> TrainConfig:
@@ -100,27 +101,6 @@ def test_classifier_can_train_on_reconstructions(tiny_dataset: Path, tmp_path: P
     plain = train(_cfg("classifier", tiny_dataset, tmp_path / "plain", max_steps=2))
     # every image was swapped for its reconstruction, so the loss differs from plain training
     assert rec["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
-
-
-def test_atomic_writes_replace_whole_files_and_leave_no_temporaries(tmp_path):
-    import json
-
-    import torch
-
-    from gifsplanation.models.checkpoint import (
-        atomic_torch_save,
-        atomic_write_json,
-        atomic_write_text,
-    )
-
-    atomic_write_text("# λ table\n", tmp_path / "r.md")
-    atomic_write_json({"a": [1, 2]}, tmp_path / "r.json")
-    atomic_torch_save({"x": torch.ones(2)}, tmp_path / "r.pt")
-    assert (tmp_path / "r.md").read_text(encoding="utf-8") == "# λ table\n"
-    assert json.loads((tmp_path / "r.json").read_text()) == {"a": [1, 2]}
-    assert torch.load(tmp_path / "r.pt", weights_only=True)["x"].sum() == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md", "r.pt"]
-    assert all(p.stat().st_mode & 0o777 == 0o644 for p in tmp_path.iterdir())
 
 
 def test_resume_from_a_damaged_last_checkpoint_names_the_file(

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from gifsplanation.models import get_classifier
-from gifsplanation.models.training import TrainConfig, augment_batch, train
+from gifsplanation.models.augment import augment_batch
+from gifsplanation.models.training import TrainConfig, train
 
 OUTPUTS = ["COVID-19=COVID-19", "Pneumonia=COVID-19|Non-COVID pneumonia"]
 

@@ -12,7 +12,6 @@ from PIL import Image
 
 from gifsplanation import LatentShift
 from gifsplanation.render import (
-    atomic_path,
     compose_frames,
     loop_order,
     save_curve,
@@ -193,16 +192,6 @@ def test_report_embeds_assets_and_index_links(exp, tmp_path):
     assert "not an image" in html and "0.900" in html and "javascript" not in html
 
 
-def test_atomic_path_leaves_nothing_on_error(tmp_path):
-    target = tmp_path / "x.txt"
-    target.write_text("old")
-    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
-        tmp.write_text("new")
-        raise RuntimeError("boom")
-    assert target.read_text() == "old"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.txt"]
-
-
 def test_gif_caption_fits_long_target_names(exp):
     # "Non-COVID pneumonia" used to be cut to "Non-C…"; now the whole name is drawn in the
     # header right of the widest frame label, the font shrunk if needed.
@@ -227,15 +216,3 @@ def test_gif_caption_fits_long_target_names(exp):
     assert text == name
     text, font = _fit_caption(measure, name, 40)
     assert text.endswith("…") and measure.textlength(text, font=font) <= 40
-
-
-def test_atomic_writes_get_the_usual_file_mode(tmp_path):
-    # mkstemp creates 0600 files; rendered files must be readable like any other file.
-    import os
-
-    from gifsplanation.render import write_text
-
-    umask = os.umask(0)
-    os.umask(umask)
-    out = write_text(tmp_path / "a.html", "<p>hi</p>")
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from .._core.adapters import Autoencoder
-from .common import Setup, auc_or_nan
+from ..metrics import roc_auc
+from .common import Setup
 from .data import load_item
 from .run import markdown_table, mean_sd, plt_agg
 
@@ -60,8 +61,8 @@ def run_ae_impact(setup: Setup) -> dict[str, Any]:
     for t in dict.fromkeys(r["target"] for r in rows):
         sel = [r for r in rows if r["target"] == t]
         labels = [int(r["group"] == "positive") for r in sel]
-        auc_x = auc_or_nan(labels, [r["p_x"] for r in sel])
-        auc_r = auc_or_nan(labels, [r["p_recon"] for r in sel])
+        auc_x = roc_auc([r["p_x"] for r in sel], labels)
+        auc_r = roc_auc([r["p_recon"] for r in sel], labels)
         for group in ("positive", "negative"):
             g = [r for r in sel if r["group"] == group]
             if not g:

@@ -12,9 +12,10 @@ from torch import nn
 
 from .._core.adapters import Classifier
 from ..methods import DEFAULT_METHODS
+from ..runs.provenance import model_identity
 from .data import Item, MaskedDataset, select_items
 from .engine import EngineOptions, check_resume, split_variant
-from .run import Run, model_record
+from .run import Run
 
 
 @dataclass
@@ -135,8 +136,12 @@ class Setup:
         fingerprint = {
             "engine": engine,
             "experiment": experiment,
-            "classifier": model_record(self.classifier),
-            "autoencoder": model_record(self.autoencoder) if self.autoencoder is not None else None,
+            "classifier": model_identity(self.classifier, hash_parameters=True),
+            "autoencoder": (
+                model_identity(self.autoencoder, hash_parameters=True)
+                if self.autoencoder is not None
+                else None
+            ),
             "method_options": self.method_options,
             "size": size,
             "seed": self.seed,
@@ -210,12 +215,3 @@ def expand_engine_methods(
                 out_methods.append(variant)
                 out_options[variant] = {**own, **engine.kwargs(m)}
     return out_methods, out_options
-
-
-def auc_or_nan(labels: list[int], scores: list[float]) -> float:
-    """ROC AUC (scikit-learn), NaN when only one class is present."""
-    from sklearn.metrics import roc_auc_score
-
-    if len(set(labels)) < 2:
-        return float("nan")
-    return float(roc_auc_score(labels, scores))

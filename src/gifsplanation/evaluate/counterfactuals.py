@@ -34,12 +34,12 @@ import torch
 
 from .._core.latent_shift import LatentShift
 from ..metrics import counterfactual_quality
+from ..pixels import GREY_PER_UNIT
 from .common import Setup
 from .data import load_item, load_lung_mask
 from .paired import compare_modes, modes_markdown
 from .run import markdown_table, mean_sd, plt_agg
 
-GREY_PER_UNIT = 255.0 / 2048.0
 """8-bit grey levels per unit of the [−1024, 1024] model range."""
 
 #: Region → column of :func:`removal_effects`.

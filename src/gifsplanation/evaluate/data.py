@@ -26,7 +26,7 @@ import torch
 
 from ..datasets import center_crop, resize_image, resize_mask
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
 
 XRV_DATASETS = ("nih", "rsna", "siim")
 

@@ -35,7 +35,7 @@ from typing import Any
 from .._core.latent_shift import FRAME_MODES, OOD_POLICIES, PIXEL_RANGE
 from .._core.search import STRATEGIES, SearchConfig
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
 
 MODE_CHOICES: tuple[str, ...] = (*FRAME_MODES, "both")
 """Values of ``--mode``: one frame mode, or ``both`` (every mode on the same images)."""

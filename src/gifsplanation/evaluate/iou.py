@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..metrics import chance_iou, iou_top_p, pointing_game, relevance_mass
-from .common import Setup, auc_or_nan
+from ..metrics import chance_iou, iou_top_p, pointing_game, relevance_mass, roc_auc
+from .common import Setup
 from .data import load_item
 from .engine import split_variant
 from .maps import build_methods, compute_maps
@@ -113,7 +113,7 @@ def summarise(
     out = []
     for target in scores:
         labels = [y for y, _ in scores[target]]
-        auc = auc_or_nan(labels, [s for _, s in scores[target]])
+        auc = roc_auc([s for _, s in scores[target]], labels)
         for name in methods:
             sel = [r for r in rows if r["target"] == target and r["method"] == name]
             if not sel:

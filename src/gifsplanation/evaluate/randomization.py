@@ -33,7 +33,7 @@ from .data import load_item
 from .maps import build_methods, compute_maps
 from .run import markdown_table, mean_sd, plt_agg
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
 
 _LAYER_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
 

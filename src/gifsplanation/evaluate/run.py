@@ -5,7 +5,7 @@ arguments, command line, package versions, model names and weight hashes, start/
 keeps a resumable cache of computed maps and per-item records under ``cache/<fingerprint>/``
 (the fingerprint hashes everything a map depends on, so a run with other models or options
 never reads stale maps), shows a rich progress bar, and writes CSV, markdown and PNG files
-atomically (temporary file + ``os.replace``).
+atomically (:mod:`gifsplanation.files`).
 """
 
 from __future__ import annotations
@@ -16,86 +16,21 @@ import hashlib
 import io
 import json
 import logging
-import os
-import platform
 import sys
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 
-log = logging.getLogger("gifsplanation")
+from ..files import write_bytes, write_json, write_text
+from ..runs.provenance import VERSION_PACKAGES, package_versions
+
+log = logging.getLogger(__name__)
 T = TypeVar("T")
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-_PACKAGES = (
-    "gifsplanation",
-    "torch",
-    "numpy",
-    "scipy",
-    "captum",
-    "torchxrayvision",
-    "scikit-learn",
-    "matplotlib",
-)
-
-
-def package_versions() -> dict[str, str | None]:
-    """Installed versions of the packages results depend on (plus Python)."""
-    out: dict[str, str | None] = {"python": platform.python_version()}
-    for name in _PACKAGES:
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = None
-    return out
-
-
-def model_record(model: Any) -> dict[str, Any]:
-    """Name, class and weights hash of a model, for the manifest and the cache key."""
-    inner = getattr(model, "model", model)
-    return {
-        "name": getattr(model, "name", None) or getattr(inner, "name", None),
-        "class": type(inner).__name__,
-        "weights_sha256": getattr(model, "weights_sha256", None)
-        or getattr(inner, "weights_sha256", None)
-        or _param_digest(inner),
-    }
-
-
-def _param_digest(model: Any) -> str | None:
-    """A hash of the parameters when the model carries no weights hash."""
-    params = getattr(model, "state_dict", None)
-    if not callable(params):
-        return None
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().numpy().tobytes())
-    return "params:" + h.hexdigest()[:16]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
+EXTRA_PACKAGES = ("scipy", "captum", "scikit-learn")
+"""Recorded in the manifest beyond :data:`~gifsplanation.runs.provenance.VERSION_PACKAGES`:
+the experiments' statistics and the Method A baselines depend on them."""
 
 
 class Run:
@@ -134,7 +69,7 @@ class Run:
             "experiment": experiment,
             "args": args,
             "command": sys.argv,
-            "versions": package_versions(),
+            "versions": package_versions((*VERSION_PACKAGES, *EXTRA_PACKAGES)),
             "fingerprint": self.fingerprint,
             "fingerprint_of": fingerprint,
             "started": self.started,
@@ -148,9 +83,7 @@ class Run:
         self.manifest["cache"] = {"hits": self.cache_hits, "misses": self.cache_misses}
         if status != "running":
             self.manifest["finished"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-        atomic_write_text(
-            self.out / "manifest.json", json.dumps(self.manifest, indent=2, default=str) + "\n"
-        )
+        write_json(self.out / "manifest.json", self.manifest)
 
     # -- cache ----------------------------------------------------------------------------
     def _path(self, key: str, suffix: str) -> Path:
@@ -172,7 +105,7 @@ class Run:
     def put_array(self, key: str, arr: np.ndarray) -> None:
         buf = io.BytesIO()
         np.save(buf, np.asarray(arr, dtype=np.float32))
-        atomic_write_bytes(self._path(key, ".npy"), buf.getvalue())
+        write_bytes(self._path(key, ".npy"), buf.getvalue())
 
     def get_record(self, key: str) -> dict[str, Any] | None:
         path = self._path(key, ".json")
@@ -187,7 +120,7 @@ class Run:
         return None
 
     def put_record(self, key: str, record: dict[str, Any]) -> None:
-        atomic_write_text(self._path(key, ".json"), json.dumps(record, default=float))
+        write_text(self._path(key, ".json"), json.dumps(record, default=float))
 
     # -- progress -------------------------------------------------------------------------
     def progress(
@@ -195,29 +128,10 @@ class Run:
     ) -> Iterator[T]:
         """Iterate ``items`` with a rich progress bar (on stderr; disabled with
         ``progress=False``)."""
-        if not self.show_progress:
-            yield from items
-            return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from ..runs.progress import progress_bar
 
         total = total if total is not None else (len(items) if hasattr(items, "__len__") else None)
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=Console(stderr=True),
-            transient=False,
-        ) as bar:
+        with progress_bar(self.show_progress, remaining=True) as bar:
             task = bar.add_task(description, total=total)
             for it in items:
                 yield it
@@ -235,12 +149,12 @@ class Run:
         for r in rows:
             w.writerow({k: _fmt_cell(v) for k, v in r.items()})
         path = self.out / name
-        atomic_write_text(path, buf.getvalue())
+        write_text(path, buf.getvalue())
         return path
 
     def write_text(self, name: str, text: str) -> Path:
         path = self.out / name
-        atomic_write_text(path, text)
+        write_text(path, text)
         return path
 
     def save_figure(self, fig: Any, name: str) -> Path:
@@ -251,7 +165,7 @@ class Run:
         fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
         plt.close(fig)
         path = self.out / name
-        atomic_write_bytes(path, buf.getvalue())
+        write_bytes(path, buf.getvalue())
         return path
 
 

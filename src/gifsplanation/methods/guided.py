@@ -17,7 +17,7 @@ from torch import nn
 
 from .base import AttributionMethod
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
 
 
 class GuidedBackprop(AttributionMethod):

@@ -5,7 +5,7 @@ never unpickling code): ``format``, ``architecture`` (a class name from
 :data:`~gifsplanation.models.architectures.ARCHITECTURES`), ``config`` (the constructor
 arguments), ``state_dict`` (fp32 while training, fp16 when exported), ``extras`` (tensors
 such as the autoencoder's class-mean latents) and ``meta`` (JSON-ready provenance). Writes
-are atomic (temporary file + ``os.replace``); a JSON sidecar next to an exported file
+are atomic (:mod:`gifsplanation.files`); a JSON sidecar next to an exported file
 records the command, data, metrics and the file's SHA-256.
 
 Reading is bounded: a checkpoint's ``config`` is checked (known constructor arguments,
@@ -17,20 +17,18 @@ architecture key by key and shape by shape. The training state ``last.pt`` (writ
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import inspect
 import json
 import math
-import os
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..files import atomic_path, write_json, write_torch
 from .architectures import ARCHITECTURES
 
 FORMAT = "gifsplanation-checkpoint/1"
@@ -58,39 +56,6 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-@contextlib.contextmanager
-def _atomic(path: str | Path) -> Iterator[str]:
-    """A temporary file next to ``path`` (mode 0644) that replaces ``path`` on success."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def atomic_torch_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` to ``path`` through a temporary file in the same folder."""
-    with _atomic(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def atomic_write_text(text: str, path: str | Path) -> None:
-    """Write UTF-8 ``text`` to ``path`` through a temporary file in the same folder."""
-    with _atomic(path) as tmp:
-        Path(tmp).write_text(text, encoding="utf-8")
-
-
-def atomic_write_json(obj: Any, path: str | Path) -> None:
-    """Write ``obj`` as indented JSON to ``path`` through a temporary file."""
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n", path)
 
 
 def model_payload(
@@ -130,7 +95,7 @@ def export_model(
         ``config``).
     """
     path = Path(path)
-    atomic_torch_save(model_payload(model, half=True, extras=extras, meta=meta), path)
+    write_torch(path, model_payload(model, half=True, extras=extras, meta=meta))
     sidecar = {
         "file": path.name,
         "sha256": sha256_file(path),
@@ -139,7 +104,7 @@ def export_model(
         "config": dict(model.config),  # type: ignore[attr-defined]
         **(meta or {}),
     }
-    atomic_write_json(sidecar, sidecar_path(path))
+    write_json(sidecar_path(path), sidecar)
     return sidecar
 
 
@@ -150,19 +115,18 @@ def install_weights(src: str | Path, dest: str | Path) -> dict[str, Any]:
     Returns:
         The sidecar written next to ``dest``.
     """
-    import json
     import shutil
 
     src, dest = Path(src), Path(dest)
     side = json.loads(sidecar_path(src).read_text())
     if sha256_file(src) != side["sha256"]:
         raise ValueError(f"{src} does not match the SHA-256 in {sidecar_path(src)}")
-    with _atomic(dest) as tmp:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
     side["file"] = dest.name
     side["run_name"] = side.get("name")
     side["name"] = dest.stem
-    atomic_write_json(side, sidecar_path(dest))
+    write_json(sidecar_path(dest), side)
     return side
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from ..files import write_json, write_torch
 from .checkpoint import sha256_file
 from .registry import (
     DEFAULT_AUTOENCODER,
@@ -58,16 +59,15 @@ def make_demo_latent(target_prob: float = 0.75, max_steps: int = 100) -> torch.T
 
 def save_demo_latent(path: str | Path | None = None) -> Path:
     """Compute :func:`make_demo_latent` and store it (fp32) with a JSON sidecar, atomically."""
-    from .checkpoint import atomic_torch_save, atomic_write_json
-
     path = Path(path) if path is not None else WEIGHTS_DIR / DEMO_LATENT
     ae = get_autoencoder(DEFAULT_AUTOENCODER)
     clf = get_classifier(DEFAULT_CLASSIFIER)
     z = make_demo_latent()
-    atomic_torch_save({"latent": z, "autoencoder_sha256": ae.weights_sha256}, path)
+    write_torch(path, {"latent": z, "autoencoder_sha256": ae.weights_sha256})
     with torch.no_grad():
         p = clf(ae.decode(z).clamp(-1024, 1024))[0].tolist()
-    atomic_write_json(
+    write_json(
+        path.with_suffix(".json"),
         {
             "file": path.name,
             "sha256": sha256_file(path),
@@ -77,7 +77,6 @@ def save_demo_latent(path: str | Path | None = None) -> Path:
             "classifier_sha256": clf.weights_sha256,
             "classifier_probabilities": dict(zip(clf.targets, p, strict=True)),
         },
-        path.with_suffix(".json"),
     )
     return path
 

@@ -44,7 +44,8 @@ from torch.nn import functional as F
 
 from .._core.ood import OODGate
 from ..datasets import uint8_to_model
-from .checkpoint import atomic_torch_save, atomic_write_json, sha256_file, sidecar_path
+from ..files import write_json, write_torch
+from .checkpoint import sha256_file, sidecar_path
 
 log = logging.getLogger(__name__)
 
@@ -394,7 +395,7 @@ def write_ood_record(sidecar: str | Path, record: dict[str, Any]) -> None:
     sidecar = Path(sidecar)
     side = json.loads(sidecar.read_text())
     side["ood"] = record
-    atomic_write_json(side, sidecar)
+    write_json(sidecar, side)
 
 
 # -- training data: positives and their augmentation -----------------------------------------
@@ -1101,7 +1102,7 @@ def export_detector(model: GateNet, path: str | Path, meta: dict[str, Any]) -> d
         "state_dict": state,
         "meta": meta,
     }
-    atomic_torch_save(payload, path)
+    write_torch(path, payload)
     sidecar = {
         "file": path.name,
         "sha256": sha256_file(path),
@@ -1110,7 +1111,7 @@ def export_detector(model: GateNet, path: str | Path, meta: dict[str, Any]) -> d
         "config": dict(model.config),
         **meta,
     }
-    atomic_write_json(sidecar, sidecar_path(path))
+    write_json(sidecar_path(path), sidecar)
     return sidecar
 
 

@@ -2,8 +2,8 @@
 
 :func:`train` reads a :class:`~gifsplanation.datasets.MaskedCXRDataset` (train and val
 splits), decodes it once into a ``uint8`` tensor (optionally cached on disk outside the
-repository), and runs AdamW with a cosine schedule and light augmentation (small random
-affine, brightness/contrast jitter; no flips, chest X-rays have a left and a right).
+repository), and runs AdamW with a cosine schedule and augmentation
+(:mod:`~gifsplanation.models.augment`; light by default).
 After every epoch it validates, writes ``last.pt`` (model, optimiser, scheduler, history:
 ``resume=True`` continues from it) and ``best.pt``, and updates ``run.json``, a JSON record
 of the configuration, data, per-epoch metrics and timing. At the end it exports the best
@@ -31,16 +31,13 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..datasets import MaskedCXRDataset, cached_masks, uint8_to_model
+from ..datasets import MaskedCXRDataset, cached_masks
+from ..files import write_json, write_torch
+from ..pixels import to_uint8, uint8_to_model
 from .architectures import CXRAutoencoder, CXRClassifier, n_parameters, sharp_loss
-from .checkpoint import (
-    atomic_torch_save,
-    atomic_write_json,
-    build_model,
-    export_model,
-    model_payload,
-    read_checkpoint,
-)
+from .augment import augment_batch
+from .checkpoint import build_model, export_model, model_payload, read_checkpoint
+from .metrics import classifier_metrics, operating_points, realism, regression_metrics
 
 log = logging.getLogger(__name__)
 
@@ -203,33 +200,8 @@ def regression_targets(cfg: TrainConfig, dataset: MaskedCXRDataset) -> torch.Ten
     if path.is_file():
         return torch.load(path, weights_only=True)
     values = mask_quantities(dataset, quantities)
-    atomic_torch_save(values, path)
+    write_torch(path, values)
     return values
-
-
-def regression_metrics(pred: torch.Tensor, target: torch.Tensor, names: list[str]) -> dict:
-    """Per output: mean absolute error, RMSE, Pearson and Spearman correlation with the
-    target, and the AUC of the prediction for "the target is above 0"; ``loss`` is the
-    mean squared error over outputs."""
-    from scipy import stats
-
-    per: dict[str, dict[str, float]] = {}
-    for k, n in enumerate(names):
-        p, t = pred[:, k].numpy().astype(float), target[:, k].numpy().astype(float)
-        varies = p.std() > 0 and t.std() > 0
-        per[n] = {
-            "mean_abs_error": float(np.abs(p - t).mean()),
-            "rmse": float(np.sqrt(((p - t) ** 2).mean())),
-            "pearson": float(stats.pearsonr(p, t)[0]) if varies else float("nan"),
-            "spearman": float(stats.spearmanr(p, t)[0]) if varies else float("nan"),
-            "auc_positive": roc_auc(p, t > 0),
-            "target_mean": float(t.mean()),
-        }
-    return {
-        "regression": per,
-        "mean_abs_error": float(np.mean([v["mean_abs_error"] for v in per.values()])),
-        "loss": float(((pred - target) ** 2).mean()),
-    }
 
 
 def output_matrix(cfg: TrainConfig, labels: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -285,7 +257,7 @@ def load_split(
         except Exception as e:  # a damaged cache is rebuilt, never fatal
             log.warning("rebuilding unreadable dataset cache %s (%s)", path, type(e).__name__)
     images, targets = ds.cached(progress=sys.stderr.isatty())
-    atomic_torch_save({"images": images, "targets": targets}, path)
+    write_torch(path, {"images": images, "targets": targets})
     return ds, images, targets
 
 
@@ -302,87 +274,8 @@ def load_masks(cfg: TrainConfig, dataset: MaskedCXRDataset, size: int = 28) -> t
     if path.is_file():
         return torch.load(path, weights_only=True)
     masks = cached_masks(dataset, size)
-    atomic_torch_save(masks, path)
+    write_torch(path, masks)
     return masks
-
-
-def augment_batch(
-    x: torch.Tensor,
-    gen: torch.Generator,
-    strength: str = "light",
-    masks: torch.Tensor | None = None,
-) -> Any:
-    """Augment model-space images (and move ``masks`` with the same geometry).
-
-    ``"light"``: rotation ±5°, scale ±5%, shift ±4%, contrast ×[0.9, 1.1], brightness ±50
-    (of 2048). ``"strong"`` (for classifiers that must not read an image's source from its
-    style): rotation ±10°, scale ±15%, shift ±8%, then per image a random blur (σ ≤ 1.5 px)
-    or sharpening, gamma in [0.7, 1.4], contrast ×[0.75, 1.25], brightness ±100 and
-    Gaussian noise (σ ≤ 30).
-
-    Returns the images, or ``(images, masks)`` when ``masks`` (float, any size) are given.
-    """
-    strong = strength == "strong"
-    if strength not in ("light", "strong"):
-        raise ValueError(f"augmentation strength must be 'light' or 'strong', got {strength!r}")
-    b = x.shape[0]
-
-    def uniform(*shape: int) -> torch.Tensor:
-        return torch.rand(*shape, generator=gen) * 2 - 1
-
-    ang = uniform(b) * math.radians(10 if strong else 5)
-    scale = 1 + uniform(b) * (0.15 if strong else 0.05)
-    shift = uniform(b, 2) * (0.16 if strong else 0.08)  # grid units: 2 = full width
-    cos, sin = torch.cos(ang) / scale, torch.sin(ang) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    ).to(x)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    # pad with the darkest value: outside the field of view is black on a radiograph
-    out = F.grid_sample(x + 1024, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out - 1024
-    if masks is not None:
-        mgrid = F.affine_grid(theta.to(masks), list(masks.shape), align_corners=False)
-        masks = F.grid_sample(
-            masks, mgrid, mode="bilinear", padding_mode="zeros", align_corners=False
-        )
-    if strong:
-        out = _blur_or_sharpen(out, uniform(b), gen)
-        gamma = torch.exp(uniform(b, 1, 1, 1) * math.log(1.4)).clamp(0.7, 1.4).to(x)
-        out = ((out + 1024).clamp(0, 2048) / 2048) ** gamma * 2048 - 1024
-        out = out + torch.randn(out.shape, generator=gen).to(x) * (
-            torch.rand(b, 1, 1, 1, generator=gen) * 30
-        ).to(x)
-    contrast = (1 + uniform(b, 1, 1, 1) * (0.25 if strong else 0.1)).to(x)
-    bright = (uniform(b, 1, 1, 1) * (100 if strong else 50)).to(x)
-    out = (out * contrast + bright).clamp(-1024, 1024)
-    return out if masks is None else (out, masks)
-
-
-def _blur_or_sharpen(x: torch.Tensor, amount: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Per image: ``amount`` < 0 blurs with σ = 1.5·|amount| px, > 0 sharpens (unsharp mask,
-    σ = 1 px, gain ``amount``)."""
-    b = x.shape[0]
-    sigma = torch.where(amount < 0, -1.5 * amount, torch.ones_like(amount)).clamp_min(0.05)
-    r = 4
-    t = torch.arange(-r, r + 1, dtype=x.dtype)
-    k = torch.exp(-(t[None] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
-    k = (k / k.sum(1, keepdim=True)).to(x.device)  # (B, 2r+1)
-    h = x.transpose(0, 1)  # (1, B, H, W): one group per image
-    h = F.conv2d(F.pad(h, (r, r, 0, 0), mode="replicate"), k[:, None, None, :], groups=b)
-    h = F.conv2d(F.pad(h, (0, 0, r, r), mode="replicate"), k[:, None, :, None], groups=b)
-    blurred = h.transpose(0, 1)
-    gain = amount.clamp_min(0).view(b, 1, 1, 1).to(x)
-    return torch.where(amount.view(b, 1, 1, 1).to(x.device) < 0, blurred, x + gain * (x - blurred))
-
-
-def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half); NaN when one class is absent."""
-    from sklearn.metrics import roc_auc_score
-
-    if positive.all() or not positive.any():
-        return float("nan")
-    return float(roc_auc_score(positive.astype(int), scores))
 
 
 @torch.no_grad()
@@ -396,74 +289,6 @@ def predict(
         for i in range(0, len(images), batch_size)
     ]
     return torch.cat(outs)
-
-
-def classifier_metrics(
-    probs: torch.Tensor,
-    targets: torch.Tensor,
-    names: list[str],
-    matrix: torch.Tensor | None = None,
-) -> dict:
-    """Per-output AUC, accuracy, NLL and calibration error of predicted probabilities.
-
-    ``targets`` are dataset label indices. Without ``matrix`` the outputs are exclusive
-    classes (softmax: top-label accuracy and ECE); with the ``(n_labels, n_outputs)``
-    label→output ``matrix`` of a multi-label sigmoid classifier, each output is scored as
-    its own yes/no question (accuracy at 0.5, binary NLL and ECE averaged over outputs).
-    """
-    p = probs.numpy()
-    if matrix is None:
-        t = targets.numpy()
-        aucs = {n: roc_auc(p[:, i], t == i) for i, n in enumerate(names)}
-        return {
-            "auc": aucs,
-            "mean_auc": float(np.nanmean(list(aucs.values()))),
-            "accuracy": float((p.argmax(1) == t).mean()),
-            "nll": float(F.nll_loss(torch.log(probs.clamp_min(1e-7)), targets)),
-            "ece": expected_calibration_error(probs, targets),
-        }
-    y = matrix[targets]
-    aucs = {n: roc_auc(p[:, i], y[:, i].numpy() > 0.5) for i, n in enumerate(names)}
-    eces = [
-        expected_calibration_error(torch.stack([1 - probs[:, i], probs[:, i]], 1), y[:, i].long())
-        for i in range(len(names))
-    ]
-    return {
-        "auc": aucs,
-        "mean_auc": float(np.nanmean(list(aucs.values()))),
-        "accuracy": float(((probs > 0.5).float() == y).float().mean()),
-        "nll": float(F.binary_cross_entropy(probs.clamp(1e-7, 1 - 1e-7), y)),
-        "ece": float(np.mean(eces)),
-    }
-
-
-def operating_points(probs: torch.Tensor, positives: torch.Tensor) -> list[float]:
-    """Per output, the probability threshold maximising Youden's J (sensitivity +
-    specificity − 1) on held-out data: where the classifier "finds" the target."""
-    from sklearn.metrics import roc_curve
-
-    out = []
-    for i in range(probs.shape[1]):
-        pos = positives[:, i].numpy() > 0.5
-        if pos.all() or not pos.any():
-            out.append(0.5)
-            continue
-        fpr, tpr, thr = roc_curve(pos.astype(int), probs[:, i].numpy())
-        k = int(np.argmax(tpr - fpr))
-        out.append(float(min(max(thr[k], 1e-4), 1 - 1e-4)))
-    return out
-
-
-def expected_calibration_error(probs: torch.Tensor, targets: torch.Tensor, bins: int = 10) -> float:
-    """Top-label expected calibration error with equal-width confidence bins."""
-    conf, pred = probs.max(1)
-    correct = (pred == targets).float()
-    ece = 0.0
-    for lo in range(bins):
-        sel = (conf > lo / bins) & (conf <= (lo + 1) / bins)
-        if sel.any():
-            ece += float(sel.float().mean() * (conf[sel].mean() - correct[sel].mean()).abs())
-    return ece
 
 
 @torch.no_grad()
@@ -569,21 +394,6 @@ def _validate(
     return m
 
 
-@torch.no_grad()
-def realism(ae: nn.Module, images: torch.Tensor) -> dict[str, float]:
-    """Mean SSIM and fine-edge ratio of ``ae``'s reconstructions of cached ``uint8`` images
-    (:func:`gifsplanation.metrics.ssim`, :func:`~gifsplanation.metrics.fine_edge_ratio`)."""
-    from ..metrics import fine_edge_ratio, ssim
-
-    x = uint8_to_model(images)
-    r = torch.cat([ae(x[i : i + 32]) for i in range(0, len(x), 32)]).clamp(-1024, 1024)
-    pairs = [(r[i, 0].numpy(), x[i, 0].numpy()) for i in range(len(x))]
-    return {
-        "ssim": float(np.mean([ssim(a, b) for a, b in pairs])),
-        "edge_ratio": float(np.mean([fine_edge_ratio(a, b) for a, b in pairs])),
-    }
-
-
 def _better(cfg: TrainConfig, new: dict, old: dict | None) -> bool:
     if old is None:
         return True
@@ -608,7 +418,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         >>> cfg = TrainConfig("classifier", "train.csv", "runs/clf")  # doctest: +SKIP
         >>> train(cfg)["best"]["auc"]  # doctest: +SKIP
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from ..runs.progress import progress_bar
 
     t_start = time.time()
     if cfg.threads > 0:
@@ -718,15 +528,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     stopped = None
     epoch_seconds: list[float] = [h["seconds"] for h in history]
     elapsed_before = sum(epoch_seconds)
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        transient=False,
-        disable=not sys.stderr.isatty(),
-    ) as progress:
+    with progress_bar(sys.stderr.isatty(), info=True) as progress:
         for epoch in range(start_epoch, cfg.epochs):
             if cfg.time_limit_min and epoch_seconds:
                 used = time.time() - t_start + elapsed_before
@@ -787,7 +589,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
             history.append(entry)
             if _better(cfg, metrics, best):
                 best = {"epoch": epoch + 1, **metrics}
-                atomic_torch_save(model_payload(model, meta={"epoch": epoch + 1}), best_path)
+                write_torch(best_path, model_payload(model, meta={"epoch": epoch + 1}))
             log.info(
                 "epoch %d/%d: train loss %.4f, val %s (%.0f s)",
                 epoch + 1,
@@ -796,7 +598,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 _short(metrics),
                 seconds,
             )
-            atomic_torch_save(
+            write_torch(
+                last_path,
                 {
                     "train_config": asdict(cfg),
                     "model": model_payload(model),
@@ -808,10 +611,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                     "step": step,
                     "torch_rng": torch.get_rng_state(),  # dropout masks continue on resume
                 },
-                last_path,
             )
             record.update(history=history, best=best, status="training")
-            atomic_write_json(record, out / "run.json")
+            write_json(out / "run.json", record)
 
     record["stopped_early"] = stopped
     if not best_path.is_file():
@@ -852,7 +654,7 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         meta["class_mean_latents"] = sorted(extras)
     record["export"] = export_model(final, out / "model.pt", extras=extras, meta=meta)
     record["status"] = "done"
-    atomic_write_json(record, out / "run.json")
+    write_json(out / "run.json", record)
     log.info("wrote %s (%s)", out / "model.pt", _short(record["final_val"]))
     return record
 
@@ -866,7 +668,7 @@ def reconstruct_uint8(name_or_path: str, images: torch.Tensor, device: str) -> t
     out = torch.empty_like(images)
     for i in range(0, len(images), 64):
         r = ae.decode(ae.encode(uint8_to_model(images[i : i + 64]).to(device))).cpu()
-        out[i : i + 64] = ((r.clamp(-1024, 1024) + 1024) * (255 / 2048)).round().to(torch.uint8)
+        out[i : i + 64] = to_uint8(r)
     log.info("reconstructed %d training images with %s", len(images), name_or_path)
     return out
 

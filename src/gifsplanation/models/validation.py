@@ -23,9 +23,9 @@ import torch
 from torch import nn
 
 from ..datasets import MaskedCXRDataset, uint8_to_model
-from ..metrics import iou_top_p
-from .checkpoint import atomic_write_json, atomic_write_text
-from .training import classifier_metrics, roc_auc
+from ..files import write_json, write_text
+from ..metrics import iou_top_p, roc_auc
+from .metrics import classifier_metrics
 
 log = logging.getLogger(__name__)
 
@@ -234,9 +234,9 @@ def main(argv: list[str] | None = None) -> None:
     result["command"] = "python -m gifsplanation.models.validation " + " ".join(
         argv if argv is not None else __import__("sys").argv[1:]
     )
-    atomic_write_json(result, args.out)
+    write_json(args.out, result)
     md = Path(args.out).with_suffix(".md")
-    atomic_write_text(markdown(result), md)
+    write_text(md, markdown(result))
     print(markdown(result))  # noqa: T201 - command-line output
 
 

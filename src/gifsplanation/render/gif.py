@@ -25,7 +25,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._core.explanation import Explanation
-from ._common import atomic_path, to_uint8, upscale_factor
+from ..files import atomic_path
+from ..pixels import GREY_PER_UNIT, to_uint8
+from ._common import to_numpy_2d, upscale_factor
 
 HEADER = 18
 """Height in pixels of the text strip above the panels."""
@@ -138,7 +140,7 @@ def change_scale(exp: Explanation, index: int) -> float:
     :data:`MIN_CHANGE_SCALE`)."""
     frames = exp.frames[index].float()
     x0 = frames[int(exp.zero_index[index])]
-    diff = (frames - x0).abs().mean(1).flatten().numpy() * (255.0 / 2048.0)
+    diff = (frames - x0).abs().mean(1).flatten().numpy() * GREY_PER_UNIT
     return max(float(np.percentile(diff, 99.5)), MIN_CHANGE_SCALE)
 
 
@@ -195,7 +197,7 @@ def compose_frames(
     def up(img: np.ndarray) -> np.ndarray:
         return np.kron(img, np.ones((factor, factor), dtype=img.dtype)) if factor > 1 else img
 
-    input_grey = to_uint8(exp.images[index].mean(0))
+    input_grey = to_uint8(to_numpy_2d(exp.images[index].mean(0)))
     x0 = frames[zero].float().mean(0).numpy()
     scale = change_scale(exp, index)
     width = 3 * pw + BAR_WIDTH if side_by_side else pw
@@ -218,13 +220,14 @@ def compose_frames(
     for k in range(t):
         canvas = Image.new("P", (width, height), 0)
         frame = frames[k].float().mean(0).numpy()
-        frame_panel = up(grey_index(to_uint8(frame)))
+        frame_panel = up(grey_index(to_uint8(to_numpy_2d(frame))))
         x_frame = pw if side_by_side else 0
         if side_by_side:
-            diff = (frame - x0) * (255.0 / 2048.0)
+            diff = (frame - x0) * GREY_PER_UNIT
             canvas.paste(Image.fromarray(up(grey_index(input_grey))), (0, HEADER))
             canvas.paste(
-                Image.fromarray(up(change_indices(to_uint8(x0), diff, scale))), (2 * pw, HEADER)
+                Image.fromarray(up(change_indices(to_uint8(to_numpy_2d(x0)), diff, scale))),
+                (2 * pw, HEADER),
             )
         canvas.paste(Image.fromarray(frame_panel), (x_frame, HEADER))
         draw = ImageDraw.Draw(canvas)

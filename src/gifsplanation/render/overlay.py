@@ -38,7 +38,9 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
-from ._common import ArrayLike, to_numpy_2d, to_uint8, write_bytes
+from ..files import write_bytes
+from ..pixels import to_uint8
+from ._common import ArrayLike, to_numpy_2d
 from .colorbar import (
     DEFAULT_CMAP,
     DEFAULT_SCALE,
@@ -244,7 +246,7 @@ def _blend(gray: np.ndarray, v: np.ndarray, cmap: str, alpha: float) -> np.ndarr
 def _check(image: ArrayLike, heatmap: ArrayLike, alpha: float) -> tuple[np.ndarray, np.ndarray]:
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    gray = to_uint8(image)
+    gray = to_uint8(to_numpy_2d(image))
     heat = to_numpy_2d(heatmap)
     if heat.shape != gray.shape:
         raise ValueError(

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from ._common import write_text
+from ..files import write_text
 
 MAX_EMBED_BYTES = 8 * 1024 * 1024
 """Videos larger than this are linked rather than embedded."""

@@ -22,16 +22,8 @@ from typing import Any
 import numpy as np
 
 from .._core.explanation import Explanation
-from ..render import (
-    atomic_path,
-    save_curve,
-    save_flow,
-    save_gif,
-    save_mp4,
-    save_overlay,
-    write_report,
-    write_text,
-)
+from ..files import atomic_path, write_text
+from ..render import save_curve, save_flow, save_gif, save_mp4, save_overlay, write_report
 from .options import ExplainOptions
 from .provenance import (
     PARTIAL,

@@ -24,13 +24,16 @@ class NoProgress:
         return None
 
 
-def progress_bar(enabled: bool, remaining: bool = False, info: bool = False) -> Any:
+def progress_bar(
+    enabled: bool, remaining: bool = False, info: bool = False, transient: bool = False
+) -> Any:
     """A rich progress bar on stderr, or a :class:`NoProgress` when ``enabled`` is false.
 
     Args:
         enabled: show it.
         remaining: add an estimated-time-remaining column.
         info: add a column showing each task's ``info`` field (e.g. the running loss).
+        transient: remove the bar from the terminal when it is done.
 
     Example:
         >>> with progress_bar(False) as p:
@@ -58,4 +61,4 @@ def progress_bar(enabled: bool, remaining: bool = False, info: bool = False) -> 
     columns.append(TimeElapsedColumn())
     if remaining:
         columns.append(TimeRemainingColumn())
-    return Progress(*columns, console=Console(stderr=True))
+    return Progress(*columns, console=Console(stderr=True), transient=transient)

@@ -20,6 +20,7 @@ import os
 import platform
 import re
 import unicodedata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +47,16 @@ PARTIAL = ".gifsplanation-partial"
 """Written first into an output folder and removed last: an interrupted run left it."""
 
 
-def package_versions() -> dict[str, str | None]:
-    """Versions of Python, gifsplanation and the libraries the outputs depend on."""
+def package_versions(packages: Sequence[str] = VERSION_PACKAGES) -> dict[str, str | None]:
+    """Versions of Python, gifsplanation and ``packages`` (default: the libraries the
+    explanations depend on, :data:`VERSION_PACKAGES`); ``None`` for one not installed.
+
+    Example:
+        >>> sorted(package_versions(("numpy",)))
+        ['gifsplanation', 'numpy', 'python']
+    """
     out: dict[str, str | None] = {"python": platform.python_version(), "gifsplanation": __version__}
-    for name in VERSION_PACKAGES:
+    for name in packages:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -57,20 +64,42 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
-def model_identity(model: Any) -> dict[str, Any]:
+def model_identity(model: Any, hash_parameters: bool = False) -> dict[str, Any]:
     """Name, class and weight hash of a model, for provenance.
+
+    Args:
+        model: the model (registry models carry ``name`` and ``weights_sha256``).
+        hash_parameters: for a model without ``weights_sha256``, record a hash of its
+            parameters instead (``"params:..."``), so that two such models never share an
+            identity (the experiments' caches are keyed by it).
 
     Example:
         >>> from torch import nn
         >>> model_identity(nn.Identity())["class"]
         'torch.nn.modules.linear.Identity'
+        >>> model_identity(nn.Linear(2, 1), hash_parameters=True)["weights_sha256"][:7]
+        'params:'
     """
     cls = type(model)
+    sha = getattr(model, "weights_sha256", None)
+    if sha is None and hash_parameters:
+        sha = _parameter_digest(model)
     return {
         "name": getattr(model, "name", None) or cls.__name__,
         "class": f"{cls.__module__}.{cls.__qualname__}",
-        "weights_sha256": getattr(model, "weights_sha256", None),
+        "weights_sha256": sha,
     }
+
+
+def _parameter_digest(model: Any) -> str | None:
+    state_dict = getattr(model, "state_dict", None)
+    if not callable(state_dict):
+        return None
+    h = hashlib.sha256()
+    for k, v in sorted(state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().numpy().tobytes())
+    return "params:" + h.hexdigest()[:16]
 
 
 def run_key(settings: dict[str, Any], classifier: Any, autoencoder: Any) -> str:

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..render import INDEX_GENERATOR, write_index, write_text
+from ..files import write_text
+from ..render import INDEX_GENERATOR, write_index
 
 STATUSES = ("done", "skipped", "refused", "failed")
 """Entry statuses: explained now, finished earlier, refused as not a chest X-ray, failed."""

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from ..files import atomic_path, write_text
 from .design import QUESTIONS
 from .export import answer_table, write_csv
 from .store import StudyStore
@@ -357,11 +358,9 @@ def plot_per_target(per_target: Sequence[Mapping[str, Any]], path: str | os.Path
         ax.legend(fontsize=8)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -408,11 +407,7 @@ def analyze(
         "agreement": write_csv(out_dir / "agreement.csv", result.agreement, AGREEMENT_FIELDS),
         "plot": plot_per_target(result.per_target, out_dir / "per_target.png"),
     }
-    md = out_dir / "summary.md"
-    tmp = md.with_name(".summary.md.tmp")
-    tmp.write_text(markdown_report(result, store.meta()), encoding="utf-8")
-    os.replace(tmp, md)
-    files["summary"] = md
+    files["summary"] = write_text(out_dir / "summary.md", markdown_report(result, store.meta()))
     result.files = files
     return result
 

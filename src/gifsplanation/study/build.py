@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 
+from ..files import atomic_path
+from ..pixels import to_uint8
 from .export import unescape_cell
 from .store import StudyStore, check_base_url
 
@@ -133,11 +134,9 @@ def read_cases(path: str | os.PathLike[str], limit: int | None = None) -> list[C
 
 def _save_gray_png(image: torch.Tensor, path: Path) -> None:
     """The image as 8-bit grayscale PNG ([−1024, 1024] → [0, 255]), written atomically."""
-    arr = image.detach().float().cpu().numpy().reshape(image.shape[-2:])
-    arr = np.clip(np.rint((arr + 1024.0) / 2048.0 * 255.0), 0, 255).astype(np.uint8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr, mode="L").save(tmp, format="PNG")
-    os.replace(tmp, path)
+    arr = to_uint8(image.detach().float().cpu().numpy().reshape(image.shape[-2:]))
+    with atomic_path(path) as tmp:
+        Image.fromarray(arr, mode="L").save(tmp, format="PNG")
 
 
 def save_study_map(

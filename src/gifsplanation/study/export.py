@@ -2,7 +2,7 @@
 case's target, ground truth, prediction, the method shown and the answer's timestamps; or,
 with ``history=True``, one row per submission (every change a reader made).
 
-Files are written atomically (temporary file, then ``os.replace``). Every CSV the study
+Files are written atomically (:mod:`gifsplanation.files`). Every CSV the study
 writes goes through :func:`write_csv` or :func:`csv_text`, which protect text cells against
 spreadsheet formula injection: a cell starting with ``=``, ``+``, ``-``, ``@``, a tab or a
 carriage return (a reader's user agent, a name, a path) gets a leading ``'``, so
@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..files import atomic_path
 from .store import StudyStore, case_group
 
 EXPORT_FIELDS = (
@@ -109,11 +110,8 @@ def write_csv(
     """Write ``rows`` (dicts) to ``path`` as CSV with these columns, atomically, formula
     cells neutralised (see :func:`safe_cell`)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         _write_rows(f, rows, fields)
-    os.replace(tmp, path)
     return path
 
 
