@@ -1,5 +1,7 @@
-"""Shared fixtures: tiny trained models, the shared real data (skipped when absent), and
-a folder for test artefacts (screenshots, GIFs) that CI keeps."""
+"""Shared fixtures, one per idea: tiny trained models (and copies safe to modify), the
+command line using them, synthetic datasets on disk, the shared real data (skipped when
+absent), and a folder for test artefacts (screenshots, GIFs) that CI keeps. The helpers
+behind them live in :mod:`gifsplanation.testing`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gifsplanation.testing import BlobData, tiny_models
+from gifsplanation.testing import BlobData, tiny_models, write_blob_dataset, write_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("GIFSPLANATION_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -38,15 +40,16 @@ def tiny32(tiny):
 
 @pytest.fixture()
 def tiny_cli(tiny, tiny32, monkeypatch):
-    """Make the command line use the tiny models and a blob image as the demo; returns the
-    list of (classifier, autoencoder, device) each model load asked for."""
+    """Make every command use the tiny models (:func:`tiny32`) and a blob image as the
+    demo; returns the list of (classifier, autoencoder, device) each model load asked for."""
     from gifsplanation.cli import common
 
     calls = []
 
-    def fake_models(classifier, autoencoder, device):
+    def fake_models(classifier, autoencoder, device, need_autoencoder=True):
         calls.append((classifier, autoencoder, device))
-        return tiny32
+        clf, ae = tiny32
+        return clf, ae if need_autoencoder else None
 
     demo = BlobData(seed=77).positive(1)  # like the real demo image: the same every time
     monkeypatch.setattr(common, "load_models", fake_models)
@@ -58,6 +61,38 @@ def tiny_cli(tiny, tiny32, monkeypatch):
 def blob_data() -> BlobData:
     """A fresh, seeded generator of blob images (independent of test order)."""
     return BlobData(seed=123)
+
+
+@pytest.fixture(scope="session")
+def blob_folders(tmp_path_factory):
+    """``get(n_per_label=6, lung_masks=False)``: a folder of blob images with masks
+    (:func:`~gifsplanation.testing.write_blob_dataset`), written once per session and
+    argument set; read-only."""
+    made: dict[tuple[int, bool], Path] = {}
+
+    def get(n_per_label: int = 6, lung_masks: bool = False) -> Path:
+        key = (n_per_label, lung_masks)
+        if key not in made:
+            folder = tmp_path_factory.mktemp(f"blobs-{n_per_label}{'-lungs' if lung_masks else ''}")
+            made[key] = write_blob_dataset(folder, n_per_label=n_per_label, lung_masks=lung_masks)
+        return made[key]
+
+    return get
+
+
+@pytest.fixture()
+def blob_dataset(blob_folders):
+    """The 32-pixel :class:`~gifsplanation.datasets.MaskedCXRDataset` of ``blob_folders()``."""
+    from gifsplanation.datasets import MaskedCXRDataset
+
+    return MaskedCXRDataset(blob_folders(), size=32, split="all")
+
+
+@pytest.fixture()
+def tiny_dataset(tmp_path: Path) -> Path:
+    """CSV of a 12-image two-label synthetic dataset with masks (40x36 PNGs;
+    :func:`~gifsplanation.testing.write_dataset`)."""
+    return write_dataset(tmp_path / "data")
 
 
 @pytest.fixture(scope="session")

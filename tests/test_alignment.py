@@ -31,9 +31,8 @@ from gifsplanation.alignment import (
 )
 from gifsplanation.datasets import MaskedCXRDataset
 from gifsplanation.models import get_classifier
-from gifsplanation.models.synthetic import write_dataset
 from gifsplanation.models.training import TrainConfig, mask_quantities, train
-from gifsplanation.testing import BlobData
+from gifsplanation.testing import BlobData, write_dataset
 
 
 def blob_detector(x: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from gifsplanation.datasets import COVID_QU_EX_TARGETS, MaskedCXRDataset, uint8_to_model
-from gifsplanation.models.synthetic import write_dataset
+from gifsplanation.datasets import COVID_QU_EX_TARGETS, MaskedCXRDataset
+from gifsplanation.pixels import uint8_to_model
+from gifsplanation.testing import write_dataset
 
 
 @pytest.fixture()

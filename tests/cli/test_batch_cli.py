@@ -6,25 +6,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from typer.testing import CliRunner
 
 from gifsplanation.cli import app
+from gifsplanation.testing import BlobData, write_png
 
 runner = CliRunner()
 
 
 def _folder(root: Path, n: int) -> Path:
-    from gifsplanation.testing import BlobData
-
-    root.mkdir(parents=True, exist_ok=True)
     x, _, _ = BlobData(seed=21).batch(n, positive=True)
     for k in range(n):
-        a = ((x[k, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8)
-        Image.fromarray(a).save(root / f"scan{k}.png")
+        write_png(x[k], root / f"scan{k}.png")
     return root
 
 

@@ -10,16 +10,12 @@ import pytest
 from typer.testing import CliRunner
 
 from gifsplanation.cli import app
-from gifsplanation.cli import evaluate as evaluate_cli
-from gifsplanation.evaluate.testing import write_blob_dataset
 
 
-@pytest.fixture()
-def tiny_registry(monkeypatch, tiny):
-    clf, ae, _ = tiny
-    monkeypatch.setattr(
-        evaluate_cli, "_load_models", lambda c, a, device, need_ae: (clf, ae if need_ae else None)
-    )
+def assert_usage_error(res, text: str) -> None:
+    """Exit 2 with one ``error:`` line (the command line's rule) that contains ``text``."""
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1 and text in errors[0], res.output
 
 
 @pytest.mark.parametrize(
@@ -32,8 +28,8 @@ def tiny_registry(monkeypatch, tiny):
         ("counterfactuals", []),
     ],
 )
-def test_evaluate_end_to_end(experiment, extra, tiny_registry, tmp_path):
-    data = write_blob_dataset(tmp_path / "data", n_per_label=3)
+def test_evaluate_end_to_end(experiment, extra, tiny_cli, blob_folders, tmp_path):
+    data = blob_folders(3)
     out = tmp_path / experiment
     result = CliRunner().invoke(
         app,
@@ -65,11 +61,11 @@ def test_evaluate_end_to_end(experiment, extra, tiny_registry, tmp_path):
     assert "wrote" in result.output
 
 
-def test_evaluate_errors_name_the_fix(tiny_registry, tmp_path):
+def test_evaluate_errors_name_the_fix(tiny_cli, blob_folders, tmp_path):
     runner = CliRunner()
     res = runner.invoke(app, ["evaluate", "iou", "--no-progress"])
-    assert res.exit_code != 0 and "--data" in res.output
-    data = write_blob_dataset(tmp_path / "d", n_per_label=2)
+    assert_usage_error(res, "pass exactly one of --data PATH or --xrv-dataset NAME")
+    data = blob_folders(2)
     res = runner.invoke(
         app,
         [
@@ -84,11 +80,11 @@ def test_evaluate_errors_name_the_fix(tiny_registry, tmp_path):
             "--no-progress",
         ],
     )
-    assert res.exit_code != 0 and "unknown methods" in res.output
+    assert_usage_error(res, "unknown methods ['gradcam']")
 
 
-def test_commands_without_methods_record_only_their_own_options(tiny_registry, tmp_path):
-    data = write_blob_dataset(tmp_path / "data", n_per_label=2)
+def test_commands_without_methods_record_only_their_own_options(tiny_cli, blob_folders, tmp_path):
+    data = blob_folders(2)
     out = tmp_path / "ae"
     args = ["evaluate", "ae-impact", "--data", str(data), "--split", "all", "--size", "32"]
     result = CliRunner().invoke(app, [*args, "--limit", "1", "--out", str(out), "--no-progress"])
@@ -151,17 +147,13 @@ def _run(data, out, experiment, *args):
     )
 
 
-@pytest.fixture(scope="module")
-def small_data(tmp_path_factory):
-    return write_blob_dataset(tmp_path_factory.mktemp("data"), n_per_label=2)
-
-
 @pytest.mark.parametrize("experiment, extra", ENGINE_COMMANDS)
 def test_every_engine_command_takes_and_records_every_engine_option(
-    experiment, extra, tiny_registry, small_data, tmp_path
+    experiment, extra, tiny_cli, blob_folders, tmp_path
 ):
+    data = blob_folders(2)
     out = tmp_path / experiment
-    result = _run(small_data, out, experiment, *extra, *CUSTOM_ENGINE)
+    result = _run(data, out, experiment, *extra, *CUSTOM_ENGINE)
     assert result.exit_code == 0, result.output
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == {
@@ -193,10 +185,11 @@ def test_every_engine_command_takes_and_records_every_engine_option(
 
 @pytest.mark.parametrize("experiment, extra", ENGINE_COMMANDS)
 def test_default_engine_is_residual_with_the_default_cap(
-    experiment, extra, tiny_registry, small_data, tmp_path
+    experiment, extra, tiny_cli, blob_folders, tmp_path
 ):
+    data = blob_folders(2)
     out = tmp_path / experiment
-    result = _run(small_data, out, experiment, *extra)
+    result = _run(data, out, experiment, *extra)
     assert result.exit_code == 0, result.output
     engine = json.loads((out / "manifest.json").read_text())["engine"]
     assert engine["mode"] == "residual" and engine["max_lambda"] == 10000.0
@@ -204,11 +197,12 @@ def test_default_engine_is_residual_with_the_default_cap(
 
 
 def test_max_lambda_changes_the_manifest_and_a_resume_with_other_options_is_refused(
-    tiny_registry, small_data, tmp_path
+    tiny_cli, blob_folders, tmp_path
 ):
+    data = blob_folders(2)
     a, b = tmp_path / "a", tmp_path / "b"
-    assert _run(small_data, a, "counterfactuals").exit_code == 0
-    assert _run(small_data, b, "counterfactuals", "--max-lambda", "1000").exit_code == 0
+    assert _run(data, a, "counterfactuals").exit_code == 0
+    assert _run(data, b, "counterfactuals", "--max-lambda", "1000").exit_code == 0
     ma = json.loads((a / "manifest.json").read_text())
     mb = json.loads((b / "manifest.json").read_text())
     assert ma["engine"]["max_lambda"] == 10000.0 and mb["engine"]["max_lambda"] == 1000.0
@@ -220,29 +214,30 @@ def test_max_lambda_changes_the_manifest_and_a_resume_with_other_options_is_refu
         (["--max-lambda", "1000"], "max_lambda 10000.0 → 1000.0"),
         (["--mode", "both"], "modes"),
     ):
-        res = _run(small_data, a, "counterfactuals", *args)
+        res = _run(data, a, "counterfactuals", *args)
         assert res.exit_code == 2, res.output
         assert "other Latent Shift engine options" in res.output and what in res.output
     assert (a / "table.md").read_text() == before  # nothing overwritten
-    res = _run(small_data, a, "counterfactuals")  # same options: resumes from the cache
+    res = _run(data, a, "counterfactuals")  # same options: resumes from the cache
     assert res.exit_code == 0, res.output
     assert json.loads((a / "manifest.json").read_text())["cache"]["misses"] == 0
 
 
-def test_lambda_range_and_mode_both(tiny_registry, small_data, tmp_path):
+def test_lambda_range_and_mode_both(tiny_cli, blob_folders, tmp_path):
+    data = blob_folders(2)
     out = tmp_path / "fixed"
-    res = _run(small_data, out, "counterfactuals", "--lambda-range", "-0.5,0.1")
+    res = _run(data, out, "counterfactuals", "--lambda-range", "-0.5,0.1")
     assert res.exit_code == 0, res.output
     assert json.loads((out / "manifest.json").read_text())["engine"]["lambda_range"] == [-0.5, 0.1]
     rows = list(csv.DictReader((out / "per_item.csv").open()))
     assert {r["stop_reason"] for r in rows} == {"fixed_range"}
     assert {float(r["lambda"]) for r in rows} == {-0.5}
-    res = _run(small_data, tmp_path / "bad", "counterfactuals", "--lambda-range", "-5")
-    assert res.exit_code != 0 and "LO,HI" in res.output
-    res = _run(small_data, tmp_path / "bad", "iou", "--mode", "paper")
-    assert res.exit_code != 0 and "mode must be one of" in res.output
+    res = _run(data, tmp_path / "bad", "counterfactuals", "--lambda-range", "-5")
+    assert_usage_error(res, "LO,HI")
+    res = _run(data, tmp_path / "bad", "iou", "--mode", "paper")
+    assert_usage_error(res, "mode must be one of")
     out = tmp_path / "both"
-    res = _run(small_data, out, "counterfactuals", "--mode", "both")
+    res = _run(data, out, "counterfactuals", "--mode", "both")
     assert res.exit_code == 0, res.output
     rows = list(csv.DictReader((out / "per_item.csv").open()))
     assert sorted(r["mode"] for r in rows) == ["reconstruction", "residual"]
@@ -253,8 +248,9 @@ def test_lambda_range_and_mode_both(tiny_registry, small_data, tmp_path):
     ]
 
 
-def test_ae_impact_has_no_engine_options(tiny_registry, small_data, tmp_path):
-    res = _run(small_data, tmp_path / "ae", "ae-impact", "--max-lambda", "5")
-    assert res.exit_code != 0 and "No such option" in res.output
-    assert _run(small_data, tmp_path / "ae", "ae-impact").exit_code == 0
+def test_ae_impact_has_no_engine_options(tiny_cli, blob_folders, tmp_path):
+    data = blob_folders(2)
+    res = _run(data, tmp_path / "ae", "ae-impact", "--max-lambda", "5")
+    assert res.exit_code == 2 and "No such option" in res.output
+    assert _run(data, tmp_path / "ae", "ae-impact").exit_code == 0
     assert json.loads((tmp_path / "ae" / "manifest.json").read_text())["engine"] is None

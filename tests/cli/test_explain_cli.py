@@ -14,6 +14,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from gifsplanation.cli import app, common
+from gifsplanation.pixels import to_uint8
+from gifsplanation.testing import BlobData, write_png
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -33,20 +35,17 @@ def _dirs(out: Path) -> dict[str, Path]:
 
 
 def _blob_pngs(folder: Path) -> dict[str, Path]:
-    from gifsplanation.testing import BlobData
-
     folder.mkdir(parents=True, exist_ok=True)
     x, _, _ = BlobData(seed=11).batch(4, positive=True)
-    u8 = [((x[k, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8) for k in range(4)]
     # Larger than the model input so loading crops and resizes.
-    big = [np.kron(a, np.ones((3, 4), np.uint8)) for a in u8]
+    big = [np.kron(to_uint8(x[k, 0].numpy()), np.ones((3, 4), np.uint8)) for k in range(4)]
     files = {
         "gray8": folder / "gray8.png",
         "gray16": folder / "gray16.png",
         "rgb": folder / "rgb.png",
         "jpg": folder / "photo.jpg",
     }
-    Image.fromarray(big[0]).save(files["gray8"])
+    write_png(x[0], files["gray8"], repeat=(3, 4))
     Image.fromarray(big[1].astype(np.uint16) * 257).save(files["gray16"])
     Image.fromarray(np.stack([big[2]] * 3, -1)).save(files["rgb"])
     Image.fromarray(big[3]).save(files["jpg"], quality=95)
@@ -350,11 +349,8 @@ def test_ctrl_c_says_what_finished_and_how_to_resume(tiny_cli, tmp_path):
 
 
 def test_an_absent_target_is_said_on_the_command_line(tiny_cli, tmp_path):
-    from gifsplanation.testing import BlobData
-
     x, _, _ = BlobData(seed=5).batch(1, positive=False)
-    a = ((x[0, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8)
-    Image.fromarray(a).save(tmp_path / "clear.png")
+    write_png(x[0], tmp_path / "clear.png")
     result = runner.invoke(
         app, ["explain", str(tmp_path / "clear.png"), "-o", str(tmp_path / "out"), "-t", "blob"]
     )

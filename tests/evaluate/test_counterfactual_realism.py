@@ -14,16 +14,15 @@ from torch import nn
 
 from gifsplanation.datasets import MaskedCXRDataset
 from gifsplanation.evaluate import Setup, run_counterfactuals
-from gifsplanation.evaluate.counterfactuals import GREY_PER_UNIT, removal_effects
+from gifsplanation.evaluate.counterfactuals import removal_effects
 from gifsplanation.evaluate.data import load_lung_mask
 from gifsplanation.evaluate.engine import EngineOptions
-from gifsplanation.evaluate.testing import write_blob_dataset
+from gifsplanation.pixels import GREY_PER_UNIT
 
 
-@pytest.fixture(scope="module")
-def lung_dataset(tmp_path_factory):
-    root = write_blob_dataset(tmp_path_factory.mktemp("lungs"), n_per_label=4, lung_masks=True)
-    return MaskedCXRDataset(root, size=32, split="all")
+@pytest.fixture()
+def lung_dataset(blob_folders):
+    return MaskedCXRDataset(blob_folders(4, lung_masks=True), size=32, split="all")
 
 
 def _rows(path):

@@ -27,6 +27,7 @@ from gifsplanation.runs import (
     folder_name,
     slug,
 )
+from gifsplanation.testing import BlobData, write_png
 
 FILES = {
     "latentshift.gif",
@@ -42,13 +43,8 @@ FAST = ExplainOptions(n_frames=5, mp4=False, flow=False)
 
 
 def blob_png(path, seed=5, k=0):
-    from gifsplanation.testing import BlobData
-
     x, _, _ = BlobData(seed=seed).batch(k + 1, positive=True)
-    a = ((x[k, 0].numpy() + 1024) / 2048 * 255).round().astype(np.uint8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(a).save(path)
-    return path
+    return write_png(x[k], path)
 
 
 @pytest.fixture()
@@ -285,8 +281,6 @@ def test_images_per_call_batches_the_engine(tiny32, pngs, tmp_path):
 
 def test_explain_one_with_a_tensor_and_errors(tiny32, tmp_path):
     clf, ae = tiny32
-    from gifsplanation.testing import BlobData
-
     x = BlobData(seed=9).positive(1)
     records = explain_one(x, clf, ae, [0], tmp_path, FAST, name="demo image")
     assert records[0]["target_name"] == "blob" and records[0]["image"] == "demo image"
@@ -325,8 +319,6 @@ def test_refused_images_are_reported_not_explained(tiny32, pngs, tmp_path):
 
 def test_absent_target_is_said_in_the_entry_json_and_report(tiny32, tmp_path):
     clf, ae = tiny32
-    from gifsplanation.testing import BlobData
-
     x, _, _ = BlobData(seed=5).batch(1, positive=False)
     (entry,) = explain_many([x], clf, ae, ["blob"], tmp_path, FAST, names=["clear"]).entries
     assert entry["target_present"] is False

@@ -1,4 +1,4 @@
-"""Fixtures for the reader study tests (helpers live in study_helpers.py)."""
+"""Fixtures for the reader study tests (helpers live in :mod:`gifsplanation.testing`)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from study_helpers import ProcessServer, make_study
 
 from gifsplanation.study.store import StudyStore
+from gifsplanation.testing import ProcessServer, make_study
 
 
 @pytest.fixture()

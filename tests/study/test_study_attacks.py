@@ -27,16 +27,10 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from study_helpers import (
-    TargetsOnly,
-    ThreadServer,
-    fake_render_case_assets,
-    make_study,
-    write_cases_csv,
-)
 from typer.testing import CliRunner
 
 from gifsplanation.cli import app as cli_app
+from gifsplanation.cli import common
 from gifsplanation.cli import study as study_cli
 from gifsplanation.study import build
 from gifsplanation.study.analysis import analyze
@@ -45,6 +39,13 @@ from gifsplanation.study.design import METHOD_VISUALS
 from gifsplanation.study.export import FORMULA_STARTS, export_answers, write_csv
 from gifsplanation.study.server import MAX_BODY_BYTES, create_app
 from gifsplanation.study.store import ClosedError, StudyStore
+from gifsplanation.testing import (
+    TargetsOnly,
+    ThreadServer,
+    fake_render_case_assets,
+    make_study,
+    write_cases_csv,
+)
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx2
@@ -463,7 +464,7 @@ def test_admin_links_come_from_the_configured_base_url_not_the_host_header(tmp_p
     res = runner.invoke(cli_app, ["study", "add-reader", str(study.root), "zed"])
     assert res.exit_code == 0 and res.stdout.startswith("https://readers.example.net/r/")
     res = runner.invoke(cli_app, ["study", "config", str(study.root), "--base-url", "ftp://x"])
-    assert res.exit_code == 1 and "base URL" in res.output
+    assert res.exit_code == 2 and res.output.startswith("error:") and "base URL" in res.output
 
 
 def test_create_never_deletes_a_partial_folder_it_did_not_make(tmp_path, monkeypatch) -> None:
@@ -478,12 +479,15 @@ def test_create_never_deletes_a_partial_folder_it_did_not_make(tmp_path, monkeyp
     assert "\n" not in message and str(partial) in message and "move or delete" in message
     assert (partial / "notes.txt").read_text() == "my own work"
     assert not (tmp_path / "study").exists()
-    # the command says the same in one line and exits 1
-    monkeypatch.setattr(study_cli, "_models", lambda c, a, device: (TargetsOnly(), None))
+    # the command says the same in one line and exits 2 (--out is taken)
+    monkeypatch.setattr(common, "load_models", lambda c, a, device, need_autoencoder=True: (
+        TargetsOnly(), None))  # fmt: skip
     monkeypatch.setattr(study_cli, "_loader", lambda size: _zeros)
     res = CliRunner().invoke(cli_app, ["study", "create", str(cases_csv), "--out",
                                        str(tmp_path / "study")])  # fmt: skip
-    assert res.exit_code == 1 and "was not made by `study create`" in " ".join(res.output.split())
+    errors = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert res.exit_code == 2 and len(errors) == 1, res.output
+    assert "was not made by `study create`" in errors[0]
     assert (partial / "notes.txt").is_file()
     # a leftover of our own (an interrupted run: marker inside) is cleaned up and rebuilt
     (partial / "notes.txt").unlink()

@@ -7,7 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
-from study_helpers import ThreadServer, make_study
+
+from gifsplanation.testing import ThreadServer, make_study
 
 CHROMIUM = os.environ.get("GIFSPLANATION_CHROMIUM", "/usr/bin/chromium")
 ARGS = [

@@ -8,7 +8,6 @@ import logging
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -21,6 +20,7 @@ from gifsplanation.study.build import create_study, parse_truth, read_cases
 from gifsplanation.study.selection import candidates, select_cases
 from gifsplanation.study.server import create_app
 from gifsplanation.study.store import StudyStore
+from gifsplanation.testing import write_png
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")  # starlette's notice about httpx2
@@ -93,13 +93,10 @@ def test_candidates_from_predictions() -> None:
 
 def _write_blob_cases(folder: Path, data, n: int = 3) -> Path:
     """PNG files of generated blob images and their CASES.csv (alternating labels)."""
-    folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
         positive = i % 2 == 0
-        x = data.batch(1, positive=positive)[0][0, 0].numpy()
-        arr = np.clip(np.rint((x + 1024) / 2048 * 255), 0, 255).astype(np.uint8)
-        Image.fromarray(arr, mode="L").save(folder / f"blob{i}.png")
+        write_png(data.batch(1, positive=positive)[0], folder / f"blob{i}.png")
         rows.append(f"blob{i}.png,blob,{int(positive)}")
     path = folder / "cases.csv"
     path.write_text("image,target,label\n" + "\n".join(rows) + "\n")
@@ -157,9 +154,7 @@ def test_create_study_with_real_methods_and_renderers(tiny, blob_data, tmp_path)
 
 
 @pytest.mark.slow
-def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> None:
-    clf, ae, _ = tiny
-    monkeypatch.setattr(study_cli, "_models", lambda c, a, device: (clf, ae))
+def test_study_commands_end_to_end(tiny_cli, blob_data, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(study_cli, "_loader", lambda size: _load32)
     cases = _write_blob_cases(tmp_path / "in", blob_data, n=2)
     out = tmp_path / "study"
@@ -173,7 +168,9 @@ def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> No
     store = StudyStore(out)
     reader = store.readers()[0]
     assert link == f"http://h:9/r/{reader.token}"
-    assert runner.invoke(app, ["study", "add-reader", str(out), "ann"]).exit_code == 1
+    again = runner.invoke(app, ["study", "add-reader", str(out), "ann"])
+    assert again.exit_code == 2 and again.output.count("error:") == 1, again.output
+    assert "ann" in again.output
     public = {c.id: c.public_id for c in store.cases()}
     for slot in store.schedule(reader.id):
         for q in ("confidence", "feature"):
@@ -194,16 +191,10 @@ def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> No
     assert (out / "analysis" / "per_target.png").is_file()
     assert "+2.00" in res.output
     # select: predicted positives above the threshold, half false positives
-    import gifsplanation.models as models
-
-    monkeypatch.setattr(models, "get_classifier", lambda name, device="cpu": clf)
     folder = tmp_path / "pool"
-    folder.mkdir()
     lines = []
     for i in range(6):
-        x = blob_data.batch(1, positive=i % 2 == 0)[0][0, 0].numpy()
-        arr = np.clip(np.rint((x + 1024) / 2048 * 255), 0, 255).astype(np.uint8)
-        Image.fromarray(arr, mode="L").save(folder / f"p{i}.png")
+        write_png(blob_data.batch(1, positive=i % 2 == 0)[0], folder / f"p{i}.png")
         lines.append(f"p{i}.png,{'blob' if i % 2 == 0 else 'none'}")
     (folder / "images.csv").write_text("image,label\n" + "\n".join(lines) + "\n")
     res = runner.invoke(app, ["study", "select", str(folder / "images.csv"), "--out",
@@ -216,4 +207,5 @@ def test_study_commands_end_to_end(tiny, blob_data, tmp_path, monkeypatch) -> No
     assert {r["target"] for r in chosen} == {"blob"}
     assert all(Path(r["image"]).is_file() for r in chosen)
     missing = runner.invoke(app, ["study", "export", str(tmp_path / "nowhere")])
-    assert missing.exit_code == 1 and "study create" in missing.output
+    assert missing.exit_code == 2 and "study create" in missing.output
+    assert len(tiny_cli) == 2  # create and select loaded the models, nothing else did

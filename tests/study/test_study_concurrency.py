@@ -11,9 +11,9 @@ import time
 
 import httpx
 import pytest
-from study_helpers import free_port, make_study
 
 from gifsplanation.study.export import export_answers
+from gifsplanation.testing import free_port, make_study
 
 N_READERS = 24
 GIVE_UP_S = 900  # a safety net against hanging, not a timing assertion

@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
-log = logging.getLogger("gifsplanation")
+log = logging.getLogger(__name__)
+PACKAGE_LOGGER = "gifsplanation"
+"""The logger :func:`setup_logging` configures: every module logs under it (``__name__``)."""
 
 MAPS = ("max", "mean", "minmax", "interval", "endpoint")
 STRATEGIES = ("fast", "paper")
@@ -119,13 +121,16 @@ LambdaRangeOpt = Annotated[
 ]
 
 
-def load_models(classifier: str | None, autoencoder: str | None, device: str) -> tuple[Any, Any]:
-    """Resolve the models by registry name or checkpoint path (tests replace this)."""
+def load_models(
+    classifier: str | None, autoencoder: str | None, device: str, need_autoencoder: bool = True
+) -> tuple[Any, Any]:
+    """Resolve the models by registry name or checkpoint path (tests replace this); the
+    autoencoder is ``None`` unless ``need_autoencoder``."""
     from .. import models as registry
 
     return (
         registry.get_classifier(classifier, device=device),
-        registry.get_autoencoder(autoencoder, device=device),
+        registry.get_autoencoder(autoencoder, device=device) if need_autoencoder else None,
     )
 
 
@@ -158,10 +163,12 @@ def check_device(device: str) -> None:
             raise fail("--device cuda: no CUDA device is available; use --device cpu", code=2)
 
 
-def models_or_exit(classifier: str | None, autoencoder: str | None, device: str) -> tuple[Any, Any]:
+def models_or_exit(
+    classifier: str | None, autoencoder: str | None, device: str, need_autoencoder: bool = True
+) -> tuple[Any, Any]:
     """:func:`load_models`, or exit 1 with one line naming the problem."""
     try:
-        return load_models(classifier, autoencoder, device)
+        return load_models(classifier, autoencoder, device, need_autoencoder)
     except ImportError as e:
         raise fail(f"the model registry is not available ({e})") from None
     except (OSError, ValueError, KeyError, RuntimeError) as e:
@@ -171,6 +178,7 @@ def models_or_exit(classifier: str | None, autoencoder: str | None, device: str)
 
 def setup_logging() -> None:
     """The one logging set-up of the command line: the package's loggers to stderr."""
+    log = logging.getLogger(PACKAGE_LOGGER)
     if not any(getattr(h, "gifsplanation_cli", False) for h in log.handlers):
         from rich.console import Console
         from rich.logging import RichHandler

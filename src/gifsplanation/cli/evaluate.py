@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -22,6 +21,7 @@ from typing import Annotated, Any
 import typer
 
 from ..evaluate.engine import EngineOptions, parse_lambda_range
+from . import common
 
 evaluate_app = typer.Typer(
     help="Run the paper's experiments (IoU, randomisation, robustness, AE impact, "
@@ -209,7 +209,7 @@ def engine_options(
             ood=ood,
         )
     except ValueError as e:
-        raise typer.BadParameter(str(e)) from None
+        raise common.fail(str(e), code=2) from None
 
 
 def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -233,18 +233,9 @@ def engine_command(fn: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
-def _load_models(classifier: str | None, autoencoder: str | None, device: str, need_ae: bool):
-    """The classifier and (when needed) autoencoder from the models registry."""
-    from ..models import get_autoencoder, get_classifier
-
-    clf = get_classifier(classifier, device=device)
-    ae = get_autoencoder(autoencoder, device=device) if need_ae else None
-    return clf, ae
-
-
 def _dataset(data, split, split_seed, xrv, xrv_imgpath, xrv_csvpath, size):
     if (data is None) == (xrv is None):
-        raise typer.BadParameter("pass exactly one of --data PATH or --xrv-dataset NAME")
+        raise common.fail("pass exactly one of --data PATH or --xrv-dataset NAME", code=2)
     if data is not None:
         from ..datasets import MaskedCXRDataset
 
@@ -252,7 +243,7 @@ def _dataset(data, split, split_seed, xrv, xrv_imgpath, xrv_csvpath, size):
     from ..evaluate.data import XRVMaskedDataset, xrv_dataset
 
     if xrv_imgpath is None:
-        raise typer.BadParameter("--xrv-dataset needs --xrv-imgpath (the image folder)")
+        raise common.fail("--xrv-dataset needs --xrv-imgpath (the image folder)", code=2)
     return XRVMaskedDataset(xrv_dataset(xrv, xrv_imgpath, xrv_csvpath), size=size)
 
 
@@ -261,16 +252,11 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
     (``ctx_args``, its ``locals()``); ``methods_needed=False`` for commands without
     ``--methods``."""
     import torch
-    from rich.logging import RichHandler
 
     from ..evaluate import Setup
     from ..methods import DEFAULT_METHODS, METHODS
 
-    handler = RichHandler(show_path=False)
-    # The engine warns per image when a λ search stops short; the experiments record every
-    # stop reason in their CSVs, so those lines would only flood the terminal here.
-    handler.addFilter(lambda r: not r.getMessage().startswith("image "))
-    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[handler])
+    common.setup_logging()
     a = ctx_args
     if a["threads"]:
         torch.set_num_threads(a["threads"])
@@ -279,7 +265,9 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
         methods = [m.strip() for m in a["methods"].split(",")] if a["methods"] else DEFAULT_METHODS
         unknown = [m for m in methods if m not in METHODS]
         if unknown:
-            raise typer.BadParameter(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+            raise common.fail(
+                f"unknown methods {unknown}; choose from {', '.join(METHODS)}", code=2
+            )
     need_ae = need_ae or any(m.startswith("latentshift") for m in methods)
     ds = _dataset(
         a["data"],
@@ -290,7 +278,9 @@ def _common(experiment: str, ctx_args: dict[str, Any], need_ae: bool, methods_ne
         a["xrv_csvpath"],
         a["size"],
     )
-    clf, ae = _load_models(a["classifier"], a["autoencoder"], a["device"], need_ae)
+    clf, ae = common.models_or_exit(
+        a["classifier"], a["autoencoder"], a["device"], need_autoencoder=need_ae
+    )
     # Commands without an option (ae-impact has no --ig-steps) never use the method it sets.
     # Latent Shift methods take every engine setting from ``engine`` (Setup fills them in).
     options: dict[str, dict[str, Any]] = {
@@ -348,17 +338,12 @@ def _finish(result: dict[str, Any]) -> None:
 
 
 def _guard(fn, *args, **kwargs):
-    from rich.console import Console
-    from rich.markup import escape
-
-    from ..models import UnknownModelError, WeightsUnavailableError
-
+    """``fn(*args, **kwargs)``; a missing file or a value that does not fit the data (no
+    image for a target, an ``--out`` holding other engine options) exits 2 with one line."""
     try:
         return fn(*args, **kwargs)
-    except (FileNotFoundError, ValueError, UnknownModelError, WeightsUnavailableError) as e:
-        # One line, the message as written (its [brackets] are not rich markup).
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(2) from None
+    except (FileNotFoundError, ValueError) as e:
+        raise common.fail(str(e), code=2) from None
 
 
 @engine_command
@@ -429,7 +414,7 @@ def _floats(text: str, name: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise typer.BadParameter(f"{name} {text!r}: expected numbers like 0,1,2") from None
+        raise common.fail(f"{name} {text!r}: expected numbers like 0,1,2", code=2) from None
 
 
 @engine_command

@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from . import common
+
 
 def _row(entry: Any, cache_dir: Path | None) -> dict[str, Any]:
     files = entry.files(cache_dir)
@@ -130,15 +132,14 @@ def models(
     show one model's targets, input, output and where its weights file must go."""
     from ..models import UnknownModelError, get_entry, list_models
 
-    if kind not in (None, "classifier", "autoencoder"):
-        raise typer.BadParameter(f"--kind {kind!r}: choose classifier or autoencoder")
+    if kind is not None:
+        common.check_choice(kind, ("classifier", "autoencoder"), "--kind")
     width = max(40, shutil.get_terminal_size((80, 24)).columns)
     if name is not None:
         try:
             entries = [get_entry(name)]
         except UnknownModelError as e:
-            typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(2) from None
+            raise common.fail(str(e), code=2) from None
     else:
         entries = list_models(kind)  # type: ignore[arg-type]
     rows = [_row(e, cache_dir) for e in entries]

@@ -5,19 +5,22 @@
 ``config`` stores the study's base URL (where readers reach the server; links are built
 from it, never from a request's Host header), ``serve`` runs the web app, ``export``
 writes every answer as CSV and ``analyze`` computes the paper's statistics (Markdown + CSV
-+ PNG).
++ PNG). Errors follow the one rule of the command line (:mod:`.common`): a wrong command
+line (a bad option value, a missing study folder or CSV column, a duplicate reader name,
+an ``--out`` that is taken) exits 2 with one line; a failure while running (models that
+cannot be loaded, a case that cannot be built) exits 1.
 """
 
 from __future__ import annotations
 
 import csv
-import logging
 from pathlib import Path
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+
+from . import common
 
 console = Console(stderr=True)
 out_console = Console()
@@ -34,19 +37,9 @@ BASE_URL_HELP = (
 )
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}")  # paths may hold [brackets]
-    return typer.Exit(code=1)
-
-
-def _models(classifier: str | None, autoencoder: str | None, device: str):
-    try:
-        from gifsplanation.models import get_autoencoder, get_classifier
-    except ImportError as err:  # the models registry is part of the package; say so if broken
-        raise _fail(f"cannot import gifsplanation.models ({err})") from err
-    clf = get_classifier(classifier, device=device)
-    ae = get_autoencoder(autoencoder, device=device)
-    return clf, ae
+@study_app.callback()
+def _setup() -> None:
+    common.setup_logging()
 
 
 def _base_url(store, option: str | None) -> str:
@@ -56,7 +49,7 @@ def _base_url(store, option: str | None) -> str:
     try:
         return check_base_url(option) if option else (store.base_url or DEFAULT_BASE_URL)
     except ValueError as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
 
 
 def _loader(size: int):
@@ -96,16 +89,12 @@ def select_cmd(
     with open(images_csv, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     if not rows or "image" not in rows[0] or "label" not in rows[0]:
-        raise _fail(f"{images_csv}: needs image and label columns")
+        raise common.fail(f"{images_csv}: needs image and label columns", code=2)
     paths = [
         str(p if Path(p).is_absolute() else images_csv.parent / p)
         for p in (r["image"] for r in rows)
     ]
-    try:
-        from gifsplanation.models import get_classifier
-    except ImportError as err:
-        raise _fail(f"cannot import gifsplanation.models ({err})") from err
-    clf = get_classifier(classifier, device=device)
+    clf, _ = common.models_or_exit(classifier, None, device, need_autoencoder=False)
     size = int(getattr(clf, "input_size", None) or 224)
     with console.status(f"predicting {len(paths)} images"):
         probs = predict_images(paths, clf, _loader(size))
@@ -156,8 +145,8 @@ def create_cmd(
         if base_url is not None:
             base_url = check_base_url(base_url)
     except ValueError as err:
-        raise _fail(str(err)) from err
-    clf, ae = _models(classifier, autoencoder, device)
+        raise common.fail(str(err), code=2) from None
+    clf, ae = common.models_or_exit(classifier, autoencoder, device)
     size = int(getattr(ae, "input_size", None) or 224)
     meta = {
         "classifier": getattr(clf, "name", classifier or "default"),
@@ -166,9 +155,9 @@ def create_cmd(
         "autoencoder_sha256": getattr(ae, "weights_sha256", None) or "",
         "cases_csv": str(cases_csv),
     }
-    from rich.progress import Progress
+    from ..runs.progress import progress_bar
 
-    with Progress(console=console) as bar:
+    with progress_bar(True, remaining=True) as bar:
         task = bar.add_task("rendering cases", total=len(specs))
 
         def progress(i: int, n: int, spec) -> None:
@@ -188,8 +177,10 @@ def create_cmd(
                 seed=seed,
                 base_url=base_url,
             )
-        except (FileExistsError, ValueError, RuntimeError) as err:
-            raise _fail(str(err)) from err
+        except FileExistsError as err:  # --out is taken
+            raise common.fail(str(err), code=2) from None
+        except (ValueError, RuntimeError) as err:
+            raise common.fail(str(err)) from None
         bar.update(task, completed=len(specs))
     console.print(
         f"study created in {out} with {len(specs)} cases "
@@ -214,7 +205,7 @@ def add_reader_cmd(
         base = _base_url(store, base_url)
         reader = store.add_reader(name, seed=seed)
     except (FileNotFoundError, StudyError, ValueError) as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     out_console.print(reader_link(base, reader), soft_wrap=True)
 
 
@@ -229,7 +220,7 @@ def readers_cmd(
     try:
         store = StudyStore(study_dir)
     except FileNotFoundError as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     base = _base_url(store, base_url)
     table = Table("reader", "round 1", "round 2", "link")
     for reader in store.readers():
@@ -259,7 +250,7 @@ def config_cmd(
         if base_url is not None:
             store.set_base_url(base_url)
     except (FileNotFoundError, ValueError) as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     shown = store.base_url or f"{DEFAULT_BASE_URL} (default; not set)"
     out_console.print(f"base URL: {shown}", soft_wrap=True)
 
@@ -285,7 +276,7 @@ def serve_cmd(
         store = StudyStore(study_dir)
         base = check_base_url(base_url or store.base_url or f"http://127.0.0.1:{port}")
     except (FileNotFoundError, ValueError) as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     console.print(
         f"serving {study_dir} on http://{host}:{port} — {len(store.readers())} reader(s); "
         f"links: {base}/r/... (gifsplanation study readers {study_dir} --base-url {base})"
@@ -305,7 +296,7 @@ def export_cmd(
     try:
         path = export_answers(study_dir, out, history=history)
     except FileNotFoundError as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     with open(path, encoding="utf-8") as f:
         n = sum(1 for _ in f) - 1
     console.print(f"wrote {path} ({n} rows)")
@@ -320,11 +311,10 @@ def analyze_cmd(
     Wilcoxon p-values; per-target plot; weighted kappa between readers."""
     from gifsplanation.study.analysis import analyze
 
-    logging.basicConfig(level=logging.WARNING)
     try:
         result = analyze(study_dir, out)
     except FileNotFoundError as err:
-        raise _fail(str(err)) from err
+        raise common.fail(str(err), code=2) from None
     table = Table("reader", "group", "question", "n", "B − A", "p")
     for row in result.summary:
         p = row["p_value"]

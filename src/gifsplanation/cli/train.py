@@ -3,11 +3,12 @@ folder or CSV of chest X-rays (see :mod:`gifsplanation.models.training`)."""
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from . import common
 
 train_app = typer.Typer(
     help="Train an autoencoder or a classifier on a folder or CSV of chest X-rays.",
@@ -49,21 +50,22 @@ ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue from OUT/las
 DeviceOpt = Annotated[str, typer.Option(help="Torch device.")]
 
 
+HEADS = ("softmax", "sigmoid", "regression")
+
+
 def _channels(text: str) -> list[int]:
     try:
         values = [int(c) for c in text.split(",") if c.strip()]
     except ValueError:
-        raise typer.BadParameter(f"--channels {text!r}: expected integers like 16,32,64") from None
+        raise common.fail(f"--channels {text!r}: expected integers like 16,32,64", code=2) from None
     if not values or min(values) < 1:
-        raise typer.BadParameter(f"--channels {text!r}: expected positive integers")
+        raise common.fail(f"--channels {text!r}: expected positive integers", code=2)
     return values
 
 
 def _run(kind: str, args: dict[str, Any]) -> None:
     """Train a ``kind`` model from the command's options ``args`` (its ``locals()``)."""
     from rich.console import Console
-    from rich.logging import RichHandler
-    from rich.markup import escape
 
     from ..models.training import TrainConfig, train
 
@@ -83,14 +85,11 @@ def _run(kind: str, args: dict[str, Any]) -> None:
         cache_dir=str(cache_dir) if cache_dir else None,
         **args,
     )
-    logging.basicConfig(
-        level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)]
-    )
+    common.setup_logging()
     try:
         record = train(cfg, resume=resume)
-    except (FileNotFoundError, ValueError) as e:
-        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/red] {escape(str(e))}")
-        raise typer.Exit(2) from None
+    except (FileNotFoundError, ValueError) as e:  # the data, --out or --resume do not fit
+        raise common.fail(str(e), code=2) from None
     Console().print(
         f"done: {record['export']['file']} in {cfg.out} (sha256 {record['export']['sha256'][:12]}…)"
     )
@@ -182,8 +181,7 @@ def classifier(
     device: DeviceOpt = "cpu",
 ) -> None:
     """Train a small ResNet-style classifier returning calibrated probabilities."""
-    if head not in ("softmax", "sigmoid", "regression"):
-        raise typer.BadParameter(f"--head {head!r}: choose softmax, sigmoid or regression")
+    common.check_choice(head, HEADS, "--head")
     _run("classifier", locals())
 
 
