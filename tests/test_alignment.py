@@ -34,6 +34,8 @@ from gifsplanation.models import get_classifier
 from gifsplanation.models.training import TrainConfig, mask_quantities, train
 from gifsplanation.testing import BlobData, write_dataset
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "src" / "gifsplanation" / "weights"
+
 
 def blob_detector(x: torch.Tensor) -> torch.Tensor:
     """A second 'classifier' that uses the blob: the brightest 5x5 patch, squashed."""
@@ -336,22 +338,48 @@ def test_regression_outputs_are_checked(tmp_path: Path) -> None:
 
 
 # -- real chest X-rays ----------------------------------------------------------------------
+def _held_out_covid(shared_data: Path, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` held-out COVID-19 images (the validation split every bundled model kept out),
+    as they are and with the fabricated marker drawn on them."""
+    ds = MaskedCXRDataset(shared_data / "covid-qu-ex" / "train.csv", split="val")
+    idx = [i for i, t in enumerate(ds.targets) if t == 0][:n]
+    x = torch.stack([ds[i]["image"] for i in idx])
+    return x, add_marker(x)
+
+
 def test_alignment_on_real_held_out_cxrs(shared_data: Path) -> None:
-    """The bundled classifier's COVID-19 counterfactuals, read by its own outputs: the
-    explained output is exactly aligned; the softmax siblings move the other way."""
+    """The bundled classifier's COVID-19 counterfactuals: its own output is exactly
+    aligned, and they lower the bundled extent regressor's predicted opacity extent."""
     from gifsplanation.models import get_autoencoder
 
     torch.set_num_threads(1)
-    ds = MaskedCXRDataset(shared_data / "covid-qu-ex" / "train.csv", split="val")
-    idx = [i for i, t in enumerate(ds.targets) if t == 0][:6]
-    x = torch.stack([ds[i]["image"] for i in idx])
+    x, _ = _held_out_covid(shared_data, 8)
     clf, ae = get_classifier(), get_autoencoder()
-    res = align(LatentShift(clf, ae), x, "COVID-19", observers_for(clf, prefix="A"))
-    s = res.statistics()
-    assert s["A:COVID-19"]["relative_change"]["mean"] == pytest.approx(1.0, abs=1e-4)
-    assert s["A:COVID-19"]["n_used"] >= 3
-    siblings = (
-        s["A:Non-COVID pneumonia"]["relative_change"]["mean"]
-        + s["A:Normal"]["relative_change"]["mean"]
-    )
-    assert siblings == pytest.approx(-1.0, abs=1e-3)  # a softmax sums to one
+    extent = get_classifier(WEIGHTS / "cxr-extent.pt")
+    assert extent.head == "regression" and extent.targets == ["OpacityExtent"]
+    observers = [Observer(clf, "COVID-19", name="A"), Observer(extent, "OpacityExtent", name="X")]
+    s = align(LatentShift(clf, ae), x, "COVID-19", observers).statistics()
+    assert s["A"]["n_used"] >= 5
+    assert s["A"]["relative_change"]["mean"] == pytest.approx(1.0, abs=1e-4)
+    assert s["X"]["relative_change"]["mean"] > 0.05 and s["X"]["agreement"]["mean"] >= 0.6
+
+
+def test_the_fabricated_shortcut_is_exposed_on_real_cxrs(shared_data: Path) -> None:
+    """Seen from the bundled classifier's counterfactuals, the marker-trained classifier
+    follows the disease on clean images and stops following it once the marker is drawn;
+    the same recipe trained without the marker keeps following it."""
+    from gifsplanation.models import get_autoencoder
+
+    torch.set_num_threads(1)
+    clean, marked = _held_out_covid(shared_data, 10)
+    clf, ae = get_classifier(), get_autoencoder()
+    shortcut = get_classifier(WEIGHTS / "cxr-shortcut-marker.pt")
+    with torch.no_grad():  # it reads the marker: p(COVID-19) jumps when it is drawn
+        assert float(shortcut(marked)[:, 0].mean()) > float(shortcut(clean)[:, 0].mean()) + 0.2
+    obs = [Observer(shortcut, "COVID-19", name="S")]
+    ls = LatentShift(clf, ae)
+    rel = {
+        name: align(ls, x, "COVID-19", obs).statistics()["S"]["relative_change"]
+        for name, x in (("clean", clean), ("marked", marked))
+    }
+    assert rel["marked"]["mean"] < 0.05 and rel["clean"]["mean"] > 0.2

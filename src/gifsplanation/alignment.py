@@ -729,11 +729,11 @@ def _device(model: Any) -> torch.device | None:
 
 
 # -- figures --------------------------------------------------------------------------------
-def _figure(width: float, height: float) -> Any:
+def _figure(width: float, height: float, dpi: int = 100) -> Any:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=100)
+    fig = Figure(figsize=(width, height), dpi=dpi)
     FigureCanvasAgg(fig)
     return fig
 
@@ -761,7 +761,7 @@ def plot_image(alignment: Alignment, index: int, path: str | os.PathLike[str]) -
     lam = a.lambdas[i].numpy()
     z = int(a.zero_index[i])
     base = a.base_preds[i].numpy()
-    fig = _figure(10.0, 4.0)
+    fig = _figure(10.0, 4.0, dpi=72)  # one per image: kept small for the report
     left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
     left.plot(lam, base, "o-", color="black", lw=2, label=f"{a.base} (base)")
     for k, label in enumerate(a.observers):
