@@ -325,3 +325,12 @@ def test_absent_target_is_said_in_the_entry_json_and_report(tiny32, tmp_path):
     assert any("does not find blob" in n for n in entry["notes"])
     report = (tmp_path / entry["report"]).read_text()
     assert "does not find blob" in report and "what would add it" in report
+
+
+def test_other_weights_are_other_settings_even_without_a_weights_hash(tiny32, pngs, tmp_path):
+    clf, ae = tiny32
+    explain_many(pngs[:1], clf, ae, ["blob"], tmp_path, FAST)
+    with torch.no_grad():
+        clf.net[-1].bias += 1.0  # same class and name, other weights, no weights_sha256
+    (entry,) = explain_many(pngs[:1], clf, ae, ["blob"], tmp_path, FAST).entries
+    assert entry["status"] == "failed" and "other settings or models" in entry["reason"]

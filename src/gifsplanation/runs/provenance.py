@@ -106,8 +106,10 @@ def run_key(settings: dict[str, Any], classifier: Any, autoencoder: Any) -> str:
     """A short hash of the output settings and the models: equal keys, equal outputs."""
     relevant = {
         **settings,
-        "classifier": model_identity(classifier),
-        "autoencoder": model_identity(autoencoder),
+        # In-memory models without a weights hash are told apart by their parameters, so
+        # a run with other weights never takes another run's folders as finished.
+        "classifier": model_identity(classifier, hash_parameters=True),
+        "autoencoder": model_identity(autoencoder, hash_parameters=True),
     }
     blob = json.dumps(relevant, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
