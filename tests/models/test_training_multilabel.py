@@ -68,3 +68,23 @@ def test_strong_augmentation_moves_masks_with_the_image() -> None:
         assert inside > outside + 1000  # the mask still covers the bright square
     with pytest.raises(ValueError, match="strength"):
         augment_batch(x, g, "extreme")
+
+
+def test_adversarial_training_runs_and_its_attack_raises_the_loss(
+    tiny_dataset: Path, tmp_path: Path
+) -> None:
+    from gifsplanation.models.training import adversarial, output_matrix
+
+    cfg = _cfg(tiny_dataset, tmp_path / "adv", outputs=OUTPUTS, adv_eps=64.0, max_steps=2)
+    train(cfg)
+    clf = get_classifier(tmp_path / "adv" / "model.pt").train()
+    x = torch.zeros(4, 1, 32, 32)
+    y = torch.tensor([0, 1, 2, 0])
+    _, matrix = output_matrix(cfg, ["COVID-19", "Non-COVID pneumonia", "Normal"])
+    x_adv = adversarial(cfg, clf, x, y, matrix, torch.Generator().manual_seed(0))
+    assert clf.training  # the attack leaves the model's mode as it was
+    assert (x_adv - x).abs().max() <= 64.0 + 1e-4
+    loss = torch.nn.functional.binary_cross_entropy_with_logits
+    with torch.no_grad():
+        clf.eval()
+        assert loss(clf.logits(x_adv), matrix[y]) > loss(clf.logits(x), matrix[y])

@@ -172,6 +172,13 @@ def classifier(
     pool: Annotated[
         int, typer.Option(min=1, help="Average-pool the input by this factor first (2: 112 px).")
     ] = 2,
+    adv_eps: Annotated[
+        float,
+        typer.Option(
+            help="Adversarial training: L∞ radius in pixel units (32 = 4 grey levels); 0 = off."
+        ),
+    ] = 0.0,
+    adv_steps: Annotated[int, typer.Option(min=1, help="PGD steps per batch.")] = 3,
     threads: ThreadsOpt = 0,
     time_limit: TimeOpt = 0.0,
     max_steps: StepsOpt = 0,

@@ -79,6 +79,11 @@ class TrainConfig:
         pool: classifier only: the input is average-pooled by this factor first (2: the
             network sees 112x112; 4: 56x56, where only large-scale patterns such as
             opacities remain, not fine texture).
+        adv_eps: classifier only: adversarial training (PGD, L∞) with perturbations up to
+            this many pixel units ([−1024, 1024]; 32 = 4 grey levels of 255); 0 = off. A
+            classifier robust to tiny changes needs visible, image-like changes to change
+            its mind, so its counterfactuals are visible (perceptually aligned gradients).
+        adv_steps: PGD steps per batch.
         mask_weight: classifier only: weight of an auxiliary loss predicting the infection
             mask from the last feature map (0 = off; the classifier gets a mask head).
         recon_autoencoders: classifier only: autoencoders (registry names or checkpoint
@@ -116,6 +121,8 @@ class TrainConfig:
     augment: bool = True
     augment_strength: str = "light"
     mask_weight: float = 0.0
+    adv_eps: float = 0.0
+    adv_steps: int = 3
     pool: int = 2
     recon_autoencoders: list[str] = field(default_factory=list)
     recon_prob: float = 0.5
@@ -334,6 +341,30 @@ def build(cfg: TrainConfig, targets: list[str]) -> nn.Module:
             pool=cfg.pool,
         )
     raise ValueError(f"kind must be 'autoencoder' or 'classifier', got {cfg.kind!r}")
+
+
+def adversarial(
+    cfg: TrainConfig,
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    matrix: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """``x`` moved by projected gradient ascent (``cfg.adv_steps`` steps, L∞ ball of radius
+    ``cfg.adv_eps``, random start) to raise the target loss; the model's mode is kept."""
+    eps, steps = cfg.adv_eps, max(cfg.adv_steps, 1)
+    step = 2.5 * eps / steps
+    delta = ((torch.rand(x.shape, generator=gen) * 2 - 1) * eps).to(x)
+    was_training = model.training
+    model.eval()  # batch-norm statistics are not updated by the attack
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        logits = model.logits((x + delta).clamp(-1024, 1024))  # type: ignore[operator]
+        (g,) = torch.autograd.grad(_target_loss(cfg, logits, y, matrix), delta)
+        delta = (delta.detach() + step * g.sign()).clamp(-eps, eps)
+    model.train(was_training)
+    return (x + delta).clamp(-1024, 1024).detach()
 
 
 def _loss(
@@ -564,6 +595,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
                 elif cfg.augment:
                     x = augment_batch(x, gen, cfg.augment_strength)
                 x, y = x.to(cfg.device), t_train[idx].to(cfg.device)
+                if cfg.kind == "classifier" and cfg.adv_eps > 0:
+                    x = adversarial(cfg, model, x, y, matrix, gen)
                 loss = _loss(cfg, model, x, y, matrix, None if m is None else m.to(cfg.device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
