@@ -38,6 +38,8 @@ from .common import (
 )
 
 SIDES = ("lower", "upper")
+ENGINE_KEYS = ("n_frames", "strategy", "mode", "ood", "seed", "voi_lut", "search")
+"""The explain options that decide an alignment's frames (recorded in alignment.json)."""
 
 
 def load_observer(name_or_path: str, device: str) -> Any:
@@ -243,7 +245,7 @@ def register(app: typer.Typer) -> None:
                 ref: _model_record(model, ref) for ref, model in loaded.items() if model is not clf
             },
             "target": target,
-            "engine": options.output_settings(),
+            "engine": {k: v for k, v in options.output_settings().items() if k in ENGINE_KEYS},
             "failed_to_load": failures,
         }
 
