@@ -18,7 +18,7 @@
 # images of the validation split (seed 0, 20%, as every bundled model).
 set -euo pipefail
 DATA=${1:-../shared/data/covid-qu-ex/train.csv}
-RUNS=${2:-runs/alignment}
+RUNS=${2:-$HOME/gifsplanation-runs/alignment}   # outside the repository: it holds marked copies of the images
 CACHE=${GIFSPLANATION_CACHE:-$HOME/.cache/gifsplanation}   # decoded uint8 images, not in the repo
 PY=${PYTHON:-python}
 GIF="$PY -m gifsplanation"
