@@ -163,6 +163,28 @@ def _entries() -> dict[str, ModelEntry]:
             bundled_file="cxr-classifier-recon-softmax.pt",
         ),
         ModelEntry(
+            name="cxr-extent",
+            kind="classifier",
+            source="bundled",
+            description="regressor of infection extent (share of the lung the infection "
+            "mask covers), for counterfactual alignment",
+            input=bundled_in,
+            output="a share in [0, 1] (sigmoid regression head; not a probability)",
+            targets=["OpacityExtent"],
+            bundled_file="cxr-extent.pt",
+        ),
+        ModelEntry(
+            name="cxr-shortcut-marker",
+            kind="classifier",
+            source="bundled",
+            description="DEMONSTRATION ONLY: a COVID-19 classifier trained with a fabricated "
+            "corner marker on most positives (a planted shortcut; docs/alignment.md)",
+            input=bundled_in,
+            output="probability (temperature-calibrated softmax over 3 exclusive targets)",
+            targets=list(COVID_TARGETS),
+            bundled_file="cxr-shortcut-marker.pt",
+        ),
+        ModelEntry(
             name="cxr-ae-14x14",
             kind="autoencoder",
             source="bundled",
