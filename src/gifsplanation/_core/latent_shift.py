@@ -15,15 +15,20 @@ The engine reads like the paper: :meth:`LatentShift.explain` runs the gradient p
 range on both sides (:mod:`.search`), sweeps ``n_frames`` frames over it
 (:func:`sweep_lambdas`, reusing every evaluation) and assembles an
 :class:`~.explanation.Explanation`. Every decoder+classifier evaluation is made once per
-(image, λ), in batches of ``batch_size`` under ``torch.no_grad()``, and counted. The
+(image, λ), in batches of ``batch_size`` under ``torch.inference_mode()``, and counted. The
 engine never logs per-image outcomes: they are in ``Explanation.stop_reasons``.
+
+Speed (see docs/performance.md): convolutions run in ``channels_last`` (NHWC) memory format
+by default (the models' 4-D parameters are converted once, when the engine is built; values
+are unchanged), and ``compile=True`` runs the no-grad frames through ``torch.compile`` (worth
+it for long batch runs only). Everything runs on the inputs' device, CUDA included.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -80,13 +85,26 @@ class LatentShift:
             ``Explanation.ood``) or ``"off"`` (not scored).
         gate: an :class:`~gifsplanation.OODGate` (default: the autoencoder's own, if it
             has one; the bundled and TorchXRayVision autoencoders do).
+        channels_last: run every decoder and classifier call in the ``channels_last``
+            (NHWC) memory format (default ``True``; 1.2× faster on CPU with the paper's
+            architectures). The models' 4-D parameters are converted once, here, in place:
+            their values do not change, only their strides (``False`` leaves the models
+            exactly as given).
+        compile: run the no-grad frames (decoder + classifier, the bulk of the work)
+            through ``torch.compile`` (default ``False``). Compiling costs tens of seconds
+            once per engine (and per new image size), so it pays off only over many
+            images; see docs/performance.md. The gradient pass is never compiled.
+        frame_snap: a sweep frame moves onto a λ the search already evaluated when it lies
+            within this fraction of the frame spacing (default 0.25; 0 keeps the frames
+            exactly evenly spaced): the search's points are reused instead of decoded
+            again. See :func:`place_frames`.
         config: a :class:`SearchConfig`; keyword arguments named like its fields
             (``lower_change=0.3``, ``upper_change=0.05``, ``threshold_mode="relative"``,
             ``max_lambda=10000``, ``max_image_change=0.5``, ``lambda_range``, ``rtol``,
             ``ftol``) override it.
 
-    Both models are put in eval mode. The engine runs on the device of the inputs; the
-    models must already be there.
+    Both models are put in eval mode. The engine runs on the device of the inputs (CPU or
+    CUDA); the models must already be there.
 
     Example:
         >>> from gifsplanation import LatentShift
@@ -118,6 +136,9 @@ class LatentShift:
         operating_points: Sequence[float] | None = None,
         ood: OODPolicy = "refuse",
         gate: OODGate | None = None,
+        channels_last: bool = True,
+        compile: bool = False,  # noqa: A002 - torch.compile's own name for it
+        frame_snap: float = 0.25,
         config: SearchConfig | None = None,
         **config_overrides: Any,
     ) -> None:
@@ -126,6 +147,14 @@ class LatentShift:
         for m in (classifier, autoencoder):
             if isinstance(m, nn.Module):
                 m.eval()
+                if channels_last:
+                    convert_to_channels_last(m)
+        self.channels_last = bool(channels_last)
+        self.compile = bool(compile)
+        if not 0 <= frame_snap < 0.5:
+            raise ValueError(f"frame_snap must be in [0, 0.5), got {frame_snap}")
+        self.frame_snap = float(frame_snap)
+        self._frame_fns: dict[tuple[Any, ...], Callable[..., Any]] = {}
         self.mode = check_mode(mode)
         self.strategy = _check_strategy(strategy)
         if n_frames < 3:
@@ -192,8 +221,10 @@ class LatentShift:
             self._check_device(inputs)
         x = check_images(inputs, channels=self.classifier.in_channels)
         b = x.shape[0]
+        if self.channels_last:
+            x = as_channels_last(x)
 
-        with torch.no_grad():
+        with torch.inference_mode():
             try:
                 input_out = self.classifier(x)
             except RuntimeError as e:
@@ -205,7 +236,9 @@ class LatentShift:
         tgt = self._resolve_targets(target, b, input_out)
         input_preds = input_out[torch.arange(b, device=x.device), tgt]
 
-        grad = gradient_pass(self.classifier, self.autoencoder, x, tgt, self.mode)
+        grad = gradient_pass(
+            self.classifier, self.autoencoder, x, tgt, self.mode, channels_last=self.channels_last
+        )
         ood: OODAssessment | None = None
         if self.gate is not None and self.ood_policy != "off":
             ood = self.gate.assess(x, grad.reconstruction)
@@ -222,6 +255,8 @@ class LatentShift:
             batch_size=self.batch_size,
             pixel_range=self.pixel_range,
             cost=cost,
+            channels_last=self.channels_last,
+            step=self._frame_fn(tuple(x.shape[-2:])) if self.compile else None,
         )
         op = [self.operating_point(int(t)) for t in tgt]
         present = [float(input_preds[i]) >= op[i] for i in range(b)]
@@ -233,14 +268,17 @@ class LatentShift:
         )
 
         bounds = [(lanes[2 * i].bound, lanes[2 * i + 1].bound) for i in range(b)]
-        lambda_rows = [sweep_lambdas(lo, hi, n_frames) for lo, hi in bounds]
+        lambda_rows = [
+            place_frames(lo, hi, n_frames, evaluator.known(i), self.frame_snap)
+            for i, (lo, hi) in enumerate(bounds)
+        ]
         evaluator.evaluate([(i, v) for i, row in enumerate(lambda_rows) for v in row], "sweep")
         cost.seconds = time.perf_counter() - start
 
         names = self.targets
         target_list = [int(t) for t in tgt]
         return Explanation(
-            images=x,
+            images=x.contiguous(),
             frames=evaluator.frames(lambda_rows),
             lambdas=torch.tensor(lambda_rows, dtype=torch.float64),
             preds=evaluator.predictions(lambda_rows),
@@ -282,6 +320,23 @@ class LatentShift:
         return self.explain(inputs, target).heatmap(method)[:, None]
 
     # -- helpers ------------------------------------------------------------------------
+    def _frame_fn(self, size: tuple[int, int]) -> Callable[..., Any]:
+        """The compiled decode-and-classify step for images of ``size`` (built once)."""
+        key = (size, self.mode, self.pixel_range, self.channels_last)
+        if key not in self._frame_fns:
+            step = FrameStep(
+                self.classifier,
+                self.autoencoder,
+                size,
+                self.mode,
+                self.pixel_range,
+                self.channels_last,
+            )
+            # dynamic=True: one graph for every batch size (search rounds vary from 1 to
+            # batch_size images), instead of a recompilation per size.
+            self._frame_fns[key] = torch.compile(step, dynamic=True)
+        return self._frame_fns[key]
+
     def _lanes(
         self,
         grad: GradientPass,
@@ -354,28 +409,33 @@ def gradient_pass(
     x: torch.Tensor,
     targets: torch.Tensor,
     mode: FrameMode,
+    *,
+    channels_last: bool = False,
 ) -> GradientPass:
     """Encode ``x``, decode with autograd on, and take ∂p_target/∂z at z₀.
 
     In residual mode the classifier sees x + D(z) − D(z₀) (= x in value), so the
     gradient is the classifier's gradient at the real image pulled back through the
     decoder. For logit classifiers dp/dz = σ(l)·σ(−l)·dl/dz is formed explicitly so that
-    it does not underflow where σ(l) rounds to 1.
+    it does not underflow where σ(l) rounds to 1. ``channels_last`` runs both models in
+    the NHWC memory format (the gradient agrees with the plain path to float precision;
+    tests/core/test_performance_paths.py checks a cosine ≥ 0.999).
     """
     rows = torch.arange(x.shape[0], device=x.device)
     size = tuple(x.shape[-2:])
+    fmt = as_channels_last if channels_last else _same
     with torch.no_grad():
         try:
-            z = autoencoder.encode(x)
+            z = autoencoder.encode(fmt(x))
         except RuntimeError as e:
             raise ValueError(
                 f"the autoencoder could not encode images of shape {tuple(x.shape)}: {e}"
             ) from e
-    z = z.detach().requires_grad_(True)
+    z = fmt(z.detach()).requires_grad_(True)
     with torch.enable_grad():
         recon = autoencoder.decode(z, size)
         frame = x + (recon - recon.detach()) if mode == "residual" else recon
-        out = classifier.raw(frame)[rows, targets]
+        out = classifier.raw(fmt(frame))[rows, targets]
         (dz,) = torch.autograd.grad(out.sum(), z)
     dz = dz.detach()
     if classifier.output_kind == "logit":
@@ -395,6 +455,67 @@ def gradient_pass(
     )
 
 
+def convert_to_channels_last(model: nn.Module) -> None:
+    """Store ``model``'s 4-D parameters and buffers in ``channels_last`` order, in place.
+
+    Values, dtypes, devices and ``requires_grad`` are unchanged; parameters a lazy module
+    has not initialised yet are left alone.
+    """
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if isinstance(
+                t, nn.parameter.UninitializedParameter | nn.parameter.UninitializedBuffer
+            ):
+                continue
+            if t.ndim == 4 and not t.is_contiguous(memory_format=torch.channels_last):
+                t.data = t.data.contiguous(memory_format=torch.channels_last)
+
+
+def as_channels_last(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the ``channels_last`` memory format when it is 4-D (values unchanged)."""
+    return t.contiguous(memory_format=torch.channels_last) if t.ndim == 4 else t
+
+
+def _same(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+class FrameStep:
+    """Decode latents and classify the frames they give: the engine's unit of work.
+
+    ``step(z, x, reconstruction)`` returns ``(frames, probabilities)`` for a batch:
+    frames x + D(z) − D(z₀) clamped to ``pixel_range`` (residual mode) or D(z)
+    (reconstruction mode), and the classifier's probabilities for every output. A plain
+    callable, so that ``torch.compile`` can trace it whole.
+    """
+
+    def __init__(
+        self,
+        classifier: Classifier,
+        autoencoder: Autoencoder,
+        size: tuple[int, ...],
+        mode: FrameMode,
+        pixel_range: tuple[float, float] | None,
+        channels_last: bool,
+    ) -> None:
+        self.classifier, self.autoencoder = classifier, autoencoder
+        self.size, self.mode, self.pixel_range = tuple(size), mode, pixel_range
+        self.fmt = as_channels_last if channels_last else _same
+
+    def __call__(
+        self, z: torch.Tensor, x: torch.Tensor, reconstruction: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        decoded = self.autoencoder.decode(self.fmt(z), self.size)
+        if self.mode == "residual":
+            frames = x + (decoded - reconstruction)
+            if self.pixel_range is not None:
+                frames = frames.clamp(self.pixel_range[0], self.pixel_range[1])
+        else:
+            frames = decoded
+        frames = self.fmt(frames)
+        return frames, self.classifier(frames)
+
+
 class FrameEvaluator:
     """Decode and classify shifted latents in batches, once per (image, λ), counted.
 
@@ -402,7 +523,9 @@ class FrameEvaluator:
     ``[(prediction, image change)]``; each new (image, λ) costs one decoder+classifier
     evaluation, counted in ``cost.search_evaluations`` or ``cost.sweep_evaluations`` by
     ``phase``; known ones come from the cache (λ = 0 comes free from the gradient pass).
-    The image change is mean |x_λ − x_0| over the λ = 0 frame's dynamic range.
+    The image change is mean |x_λ − x_0| over the λ = 0 frame's dynamic range. Batches
+    run under ``torch.inference_mode()`` through ``step`` (a :class:`FrameStep`, or its
+    compiled version); what leaves the evaluator are ordinary tensors.
     """
 
     def __init__(
@@ -417,6 +540,8 @@ class FrameEvaluator:
         batch_size: int,
         pixel_range: tuple[float, float] | None,
         cost: Cost,
+        channels_last: bool = False,
+        step: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
     ) -> None:
         self.classifier, self.autoencoder = classifier, autoencoder
         self.x, self.grad, self.targets = x, grad, targets
@@ -425,6 +550,9 @@ class FrameEvaluator:
             batch_size,
             pixel_range,
             cost,
+        )
+        self.step = step or FrameStep(
+            classifier, autoencoder, tuple(x.shape[-2:]), mode, pixel_range, channels_last
         )
         flat = grad.zero_frame.flatten(1)
         # A flat image has no dynamic range; measure its change against 1% of the pixel
@@ -449,30 +577,29 @@ class FrameEvaluator:
                 counter[key[0]] += 1
         return [self.cache[r][:2] for r in requests]
 
-    @torch.no_grad()
+    def known(self, image: int) -> list[float]:
+        """Every λ evaluated so far for ``image`` (λ = 0 included)."""
+        return sorted(v for i, v in self.cache if i == image)
+
     def _evaluate_batch(
         self, chunk: list[tuple[int, float]]
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         g, device = self.grad, self.x.device
         idx = torch.tensor([i for i, _ in chunk], device=device)
         lam = torch.tensor([v for _, v in chunk], device=device, dtype=g.z.dtype)
-        zs = g.z[idx] + lam.view(-1, *([1] * (g.z.ndim - 1))) * g.dz[idx]
-        decoded = self.autoencoder.decode(zs, tuple(self.x.shape[-2:]))
-        if self.mode == "residual":
-            frames = self.x[idx] + (decoded - g.reconstruction[idx])
-            if self.pixel_range is not None:
-                frames = frames.clamp(*self.pixel_range)
-        else:
-            frames = decoded
-        preds = self.classifier(frames)[torch.arange(len(chunk), device=device), self.targets[idx]]
-        changes = (frames - g.zero_frame[idx]).abs().flatten(1).mean(1) / self.ranges[idx]
-        return preds, changes, frames
+        with torch.inference_mode():
+            zs = g.z[idx] + lam.view(-1, *([1] * (g.z.ndim - 1))) * g.dz[idx]
+            frames, probs = self.step(zs, self.x[idx], g.reconstruction[idx])
+            preds = probs[torch.arange(len(chunk), device=device), self.targets[idx]]
+            changes = (frames - g.zero_frame[idx]).abs().flatten(1).mean(1) / self.ranges[idx]
+        # Plain tensors from here on (an inference tensor refuses in-place use and autograd).
+        return preds.cpu(), changes.cpu(), frames.clone()
 
     def frames(self, lambda_rows: list[list[float]]) -> torch.Tensor:
         """The cached frames of each row of λs, ``(B, T, C, H, W)``."""
         return torch.stack(
             [torch.stack([self.cache[(i, v)][2] for v in row]) for i, row in enumerate(lambda_rows)]
-        )
+        ).contiguous()
 
     def predictions(self, lambda_rows: list[list[float]]) -> torch.Tensor:
         """The cached predictions of each row of λs, ``(B, T)``."""
@@ -507,6 +634,47 @@ def sweep_lambdas(lo: float, hi: float, n_frames: int) -> list[float]:
     left = [lo] + [lo * k / n_lo for k in range(n_lo - 1, 0, -1)] if n_lo else []
     right = [hi * k / n_hi for k in range(1, n_hi)] + [hi] if n_hi else []
     return left + [0.0] + right
+
+
+def place_frames(
+    lo: float, hi: float, n_frames: int, known: Sequence[float] = (), snap: float = 0.0
+) -> list[float]:
+    """The sweep's λs: :func:`sweep_lambdas`, with frames moved onto λs already evaluated.
+
+    Each frame strictly between 0 and a bound moves onto an evaluated λ (from ``known``, on
+    the same side) that lies within ``snap`` × that side's frame spacing, the closest pairs
+    first, each λ used once; 0 and the bounds never move. With ``snap < 0.5`` the frames stay
+    in order and no two come closer than ``1 − 2·snap`` spacings: the search's own points
+    become frames instead of extra evaluations, at the price of a slightly uneven spacing.
+
+    Example:
+        >>> place_frames(-90.0, 10.0, 11, known=[-78.0, -74.0, -31.0, 4.0], snap=0.25)
+        [-90.0, -78.0, -70.0, -60.0, -50.0, -40.0, -31.0, -20.0, -10.0, 0.0, 10.0]
+    """
+    row = sweep_lambdas(lo, hi, n_frames)
+    if snap <= 0 or not known:
+        return row
+    zero = row.index(0.0)
+    out = list(row)
+    for interior, bound in ((range(1, zero), row[0]), (range(zero + 1, len(row) - 1), row[-1])):
+        if not len(interior) or bound == 0.0:
+            continue
+        spacing = abs(bound) / (len(interior) + 1)
+        inside = {v for v in known if 0 < v / bound < 1} - set(row)
+        pairs = sorted(
+            (abs(v - row[k]), k, v)
+            for k in interior
+            for v in inside
+            if abs(v - row[k]) <= snap * spacing
+        )
+        taken_k: set[int] = set()
+        taken_v: set[float] = set()
+        for _, k, v in pairs:
+            if k not in taken_k and v not in taken_v:
+                out[k] = v
+                taken_k.add(k)
+                taken_v.add(v)
+    return out
 
 
 def check_mode(mode: str) -> FrameMode:

@@ -19,6 +19,13 @@ first-order estimate of where the goal lies (free, from the gradient pass: the s
 prediction along dz is ‖dz‖²), extrapolates by secants until the goal is bracketed, then
 refines by interpolation, evaluating every lane's next point in one batch per round. Both
 steps work on the logit of the prediction, in which sigmoid-shaped curves are straight.
+
+The fast lane aims every guess half the tolerance band past the goal (a point there ends
+the lane), stretches the first guess by :data:`FIRST_GUESS_MARGIN` (the logit bends away
+from its tangent on real models), and stops refining once the point past the goal lies
+within ``NEAR × rtol`` of the estimated crossing. On 100 validation CXRs with the bundled
+models this took the median cost from 13 to 11 evaluations per explanation (10 frames)
+with the bounds at least as close to the true crossing as before (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -39,6 +46,14 @@ _TURN_EPS = 1e-6
 MAX_POINTS = 48
 """A fast lane decides with the points it has once it has evaluated this many (the
 bracketing and refinement normally need under 10; a pathological curve must not loop)."""
+FIRST_GUESS_MARGIN = 1.02
+"""The first-order first guess is stretched by this factor: the prediction's logit bends
+away from its tangent (measured on validation CXRs, the tangent's guess falls 3–6% short),
+and a point a little past the goal ends the lane where one just short costs another."""
+NEAR = 0.8
+"""A point past the goal is the bound, with no further refinement, when it lies within
+``NEAR × rtol`` of the goal's estimated crossing (so refining could move the bound by less
+than that)."""
 
 
 class StopReason(StrEnum):
@@ -293,7 +308,10 @@ class Lane:
     def _propose_fast(self, reason, last, offender) -> float | None:
         cap = self.config.max_lambda
         assert self.goal is not None
-        amount = abs(self.goal - self.p0)
+        band = self.config.ftol * abs(self.goal - self.p0)
+        # Aim half the tolerance band past the goal: a point there is reached *and* close,
+        # so a good guess ends the lane at once.
+        aim = _logit(self.goal + self.side * 0.5 * band)
         if reason is None and len(self.points) > MAX_POINTS:
             self._finish(StopReason.LAMBDA_CAP, last, None)
             return None
@@ -302,9 +320,9 @@ class Lane:
                 # First-order estimate in logit space, where sigmoid-shaped curves are
                 # straight: d logit / dλ = ‖dz‖² / (p0 (1 − p0)).
                 slope = self.slope / max(self.p0 * (1 - self.p0), 1e-12)
-                t = abs(_logit(self.goal) - _logit(self.p0)) / slope
+                t = FIRST_GUESS_MARGIN * abs(aim - _logit(self.p0)) / slope
             else:
-                t = self._extrapolate(last)
+                t = self._extrapolate(last, aim)
             return min(max(t, last.t * 1.05, 1e-6), cap)
         if reason in (StopReason.TURNED, StopReason.LAMBDA_CAP):
             self._finish(reason, last, offender)
@@ -313,11 +331,15 @@ class Lane:
         assert offender is not None
         lo, hi = last, offender
         width = hi.t - lo.t
+        near = False
         if reason is StopReason.TARGET_REACHED:
-            close = abs(hi.pred - self.goal) <= self.config.ftol * amount
-            # Aim a little past the goal so the new point usually lands on the reached side.
-            aim = _logit(self.goal + self.side * 0.5 * self.config.ftol * amount)
+            close = abs(hi.pred - self.goal) <= band
             value_lo, value_hi = _logit(lo.pred), _logit(hi.pred)
+            if value_hi != value_lo:
+                # Where the goal is crossed (linear in logit space between lo and hi).
+                frac = (_logit(self.goal) - value_lo) / (value_hi - value_lo)
+                crossing = lo.t + min(max(frac, 0.0), 1.0) * width
+                near = hi.t <= (1 + NEAR * self.config.rtol) * crossing
         else:
             limit = self.config.max_image_change
             assert limit is not None
@@ -325,7 +347,7 @@ class Lane:
             value_lo, value_hi = lo.change, hi.change
             aim = limit * (1 - 0.5 * self.config.ftol)
         exhausted = len(self.points) > MAX_POINTS or hi.t <= 1e-12
-        if close or exhausted or width <= self.config.rtol * hi.t:
+        if close or near or exhausted or width <= self.config.rtol * hi.t:
             self._finish(reason, lo, hi)
             return None
         frac = (aim - value_lo) / (value_hi - value_lo) if value_hi != value_lo else 0.5
@@ -333,16 +355,15 @@ class Lane:
         frac = min(max(frac, 0.02), 0.98)
         return lo.t + frac * width
 
-    def _extrapolate(self, last: Point) -> float:
-        """Secant step (in logit space) from the two outermost points toward the goal,
-        overshooting by 20% so that the next point brackets the goal; growth is limited
-        to ×8 per round."""
+    def _extrapolate(self, last: Point, aim: float) -> float:
+        """Secant step (in logit space) from the two outermost points to ``aim`` (half the
+        tolerance band past the goal); at least ×1.05 and at most ×8 per round."""
         prev = self.points[-2]
         slope = (_logit(last.pred) - _logit(prev.pred)) / (last.t - prev.t) * self.side
-        needed = (_logit(self.goal) - _logit(last.pred)) * self.side
+        needed = (aim - _logit(last.pred)) * self.side
         if slope > 1e-12:
-            t = last.t + 1.2 * needed / slope
-            return min(max(t, last.t * 1.2), last.t * 8)
+            t = last.t + needed / slope
+            return min(max(t, last.t * 1.05), last.t * 8)
         return last.t * 8
 
 
