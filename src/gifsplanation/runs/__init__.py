@@ -20,6 +20,7 @@ files gifsplanation did not write.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -42,7 +43,7 @@ from .provenance import (
     run_key,
     slug,
 )
-from .runner import ImageInput, Item, Runner, TargetSpec, make_items
+from .runner import ImageInput, Item, RenderPool, Runner, TargetSpec, make_items
 from .summary import STATUSES, OutDirError, RunResult, check_out_dir, count_statuses, write_summary
 
 __all__ = [
@@ -58,6 +59,7 @@ __all__ = [
     "OutDirError",
     "OutputConflict",
     "RecordContext",
+    "RenderPool",
     "RunInterrupted",
     "RunResult",
     "Runner",
@@ -168,6 +170,9 @@ def explain_many(
                 run_items(runner, items)
             except KeyboardInterrupt:
                 interrupted = True
+                # Finish the folder being written; drop the queued ones (redone next run).
+                with contextlib.suppress(Exception):
+                    runner.flush(cancel=True)
     result = RunResult(entries=runner.entries, records=runner.records, interrupted=interrupted)
     if write_index:
         result.manifest, result.index = write_summary(
@@ -179,7 +184,9 @@ def explain_many(
 
 
 def run_items(runner: Runner, items: Sequence[Item]) -> None:
-    """Explain ``items`` in chunks of ``images_per_call``, skipping finished ones first."""
+    """Explain ``items`` in chunks of ``images_per_call``, skipping finished ones first;
+    returns once every output folder is written (the rendering of a chunk overlaps the
+    engine's work on the next one, see :class:`Runner`)."""
     step = runner.options.images_per_call
     for start in range(0, len(items), step):
         pending = []
@@ -190,6 +197,7 @@ def run_items(runner: Runner, items: Sequence[Item]) -> None:
             else:
                 runner.add_skipped(item, found)
         runner.run_chunk(pending)
+    runner.flush()
 
 
 def explain_one(

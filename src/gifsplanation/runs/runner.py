@@ -7,12 +7,27 @@ input or run (without computing anything), explains the rest in one engine call 
 target, writes each output folder (:func:`~.outputs.write_explanation`) and appends one
 entry per pair. A file that cannot be read, an image refused as not a chest X-ray, or a
 rendering failure becomes an entry naming the file; the run goes on.
+
+Rendering overlaps the engine (``overlap=True``, the default): the output folders of a
+chunk are written by background threads (:class:`RenderPool`, two by default: one draws
+while the other waits for ffmpeg or NumPy) while the engine explains the next chunk.
+Folders are written concurrently, but every entry and record is committed in the order a
+serial run would make it, so entries, records and files are the same as without overlap;
+at most one chunk waits to be written (memory stays bounded); :attr:`Runner.entries` and
+:attr:`Runner.records` wait for the pool before they answer, and :meth:`Runner.flush`
+waits explicitly (and re-raises what stopped the pool, e.g. a ``KeyboardInterrupt``). The
+rendering threads run PyTorch with one intra-op thread each: the renderers' small tensor
+operations are slower with two OpenMP threads on a busy machine than with one.
 """
 
 from __future__ import annotations
 
+import collections
+import functools
 import logging
 import os
+import queue
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
@@ -100,6 +115,119 @@ def make_items(images: Sequence[ImageInput], names: Sequence[str] | None = None)
     return items
 
 
+class RenderPool:
+    """Background threads that run tasks concurrently and commit their results in order.
+
+    Args:
+        workers: threads (default 2: one can wait for ffmpeg or NumPy while the other
+            draws).
+        prepare: called once on each thread before its first task (warm-ups, settings).
+
+    A task is ``work()`` (run on any thread, concurrently with others) and
+    ``commit(result)`` (run in submission order, one at a time). A task that raises —
+    ``KeyboardInterrupt`` included — stops the pool's work: the exception is re-raised by
+    the next :meth:`submit`, :meth:`wait` or :meth:`close` on the caller's side, and tasks
+    not started yet are dropped.
+    """
+
+    def __init__(self, workers: int = 2, prepare: Callable[[], None] | None = None) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = workers
+        self._prepare = prepare
+        self._tasks: queue.SimpleQueue[tuple[int, Any, Any] | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+        self._cond = threading.Condition()
+        self._submitted = 0
+        self._committed = 0
+        self._results: dict[int, tuple[bool, Any, Any, BaseException | None]] = {}
+        self._error: BaseException | None = None
+        self._cancel = False
+
+    @property
+    def submitted(self) -> int:
+        """How many tasks were submitted so far."""
+        return self._submitted
+
+    def submit(
+        self, work: Callable[[], Any] | None, commit: Callable[[Any], None] | None = None
+    ) -> None:
+        """Queue a task; the threads start with the first one."""
+        self._raise()
+        if not self._threads:
+            for k in range(self.workers):
+                thread = threading.Thread(target=self._run, name=f"gifsplanation-render-{k}")
+                thread.daemon = True
+                thread.start()
+                self._threads.append(thread)
+        with self._cond:
+            seq = self._submitted
+            self._submitted += 1
+        self._tasks.put((seq, work, commit))
+
+    def wait(self, until: int | None = None) -> None:
+        """Wait until the first ``until`` tasks (default: all submitted) are committed."""
+        target = self._submitted if until is None else until
+        with self._cond:
+            self._cond.wait_for(lambda: self._committed >= target or self._error is not None)
+        self._raise()
+
+    def close(self, cancel: bool = False) -> None:
+        """Wait for the queued tasks (with ``cancel``: only the running ones) and stop."""
+        if self._threads:
+            self._cancel = cancel
+            for _ in self._threads:
+                self._tasks.put(None)
+            for thread in self._threads:
+                thread.join()
+            self._threads, self._cancel = [], False
+            with self._cond:
+                self._committed = self._submitted
+                self._results.clear()
+        self._raise()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+    def _run(self) -> None:
+        if self._prepare is not None:
+            try:
+                self._prepare()
+            except Exception:  # noqa: BLE001 - a warm-up must never stop a run
+                log.debug("render thread warm-up failed", exc_info=True)
+        while (task := self._tasks.get()) is not None:
+            seq, work, commit = task
+            ran, result, error = False, None, None
+            if self._error is None and not self._cancel:
+                ran = True
+                try:
+                    result = work() if work is not None else None
+                except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+                    error = e
+            with self._cond:
+                self._results[seq] = (ran, result, commit, error)
+                while self._committed in self._results:
+                    ran, result, commit, error = self._results.pop(self._committed)
+                    if error is not None and self._error is None:
+                        self._error = error
+                    elif ran and commit is not None and self._error is None:
+                        try:
+                            commit(result)
+                        except BaseException as e:  # noqa: BLE001 - as above
+                            self._error = e
+                    self._committed += 1
+                self._cond.notify_all()
+
+
+def _prepare_render_thread() -> None:
+    torch.set_num_threads(1)  # this thread only (OpenMP settings are per thread)
+    from ..render.curve import warm_up
+
+    warm_up()
+
+
 class Runner:
     """The models, engine, targets and provenance of one explain run.
 
@@ -110,7 +238,11 @@ class Runner:
         out_dir: the output folder.
         options: an :class:`ExplainOptions`.
         arguments: extra entries for the recorded ``arguments`` (e.g. the command line).
-        on_entry: called with each entry as it is added (progress bars).
+        on_entry: called with each entry as it is added (progress bars; from the rendering
+            thread when ``overlap`` is on).
+        overlap: write output folders on background threads while the engine explains
+            the next chunk (default ``True``); ``False`` writes them before returning.
+        render_workers: threads writing output folders with ``overlap`` (default 2).
     """
 
     def __init__(
@@ -122,6 +254,8 @@ class Runner:
         options: ExplainOptions,
         arguments: dict[str, Any] | None = None,
         on_entry: Callable[[dict[str, Any]], None] | None = None,
+        overlap: bool = True,
+        render_workers: int = 2,
     ) -> None:
         self.options = options
         self.out = Path(out_dir)
@@ -149,9 +283,36 @@ class Runner:
             arguments=self.arguments,
             seed=options.seed,
         )
-        self.entries: list[dict[str, Any]] = []
-        self.records: list[dict[str, Any]] = []
+        self._entries: list[dict[str, Any]] = []
+        self._records: list[dict[str, Any]] = []
         self.on_entry = on_entry
+        self.render = RenderPool(render_workers, _prepare_render_thread) if overlap else None
+        self._writing: collections.Counter[Path] = collections.Counter()  # queued/being written
+
+    @property
+    def entries(self) -> list[dict[str, Any]]:
+        """One entry per (image, target) so far (waits for pending writes)."""
+        self.flush()
+        return self._entries
+
+    @property
+    def records(self) -> list[dict[str, Any]]:
+        """The ``explanation.json`` records written or found so far (waits for writes)."""
+        self.flush()
+        return self._records
+
+    def flush(self, cancel: bool = False) -> None:
+        """Wait until every queued output folder is written (``cancel``: drop the ones not
+        started yet); re-raises what stopped the rendering thread."""
+        if self.render is not None:
+            self.render.close(cancel=cancel)
+
+    def _later(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` after everything queued before it (now, without overlap)."""
+        if self.render is None:
+            fn(*args)
+        else:
+            self.render.submit(None, lambda _: fn(*args))
 
     @property
     def key(self) -> str:
@@ -195,18 +356,31 @@ class Runner:
     def add_skipped(self, item: Item, found: list[tuple[int, dict[str, Any], Path]]) -> None:
         """Record ``item``'s finished targets as skipped."""
         for t, record, folder in found:
-            self.records.append(record)
+            self._later(self._records.append, record)
             self._entry(item, self.target_name(t), "skipped", folder=folder, record=record)
 
     # -- one chunk of images ------------------------------------------------------------
     def run_chunk(self, items: Sequence[Item]) -> None:
-        """Load, explain and write ``items`` (one engine call per target)."""
+        """Load, explain and write ``items`` (one engine call per target).
+
+        With ``overlap``, the writes are queued and this returns once the *previous*
+        chunk's folders are written, so the next chunk's engine work overlaps this one's
+        rendering (and at most one chunk waits in memory).
+        """
+        before = self.render.submitted if self.render is not None else 0
+        if any(self._writing[self.out / it.folder] for it in items):
+            self.flush()  # the same input twice: let its first folder finish first
+        self._run_chunk(items)
+        if self.render is not None:
+            self.render.wait(until=before)
+
+    def _run_chunk(self, items: Sequence[Item]) -> None:
         loaded = [it for it in items if self._load(it)]
         if not loaded:
             return
         x = torch.cat([it.tensor for it in loaded]).to(self.options.device)  # type: ignore[misc]
         if self.targets is None:
-            with torch.no_grad():
+            with torch.inference_mode():
                 wanted = [[t] for t in self.engine.classifier(x).argmax(1).tolist()]
         else:
             wanted = [list(self.targets) for _ in loaded]
@@ -242,7 +416,7 @@ class Runner:
         folder = self.target_folder(item, target)
         state, record = inspect_folder(folder, self.key, item.sha256)
         if state is FolderState.FINISHED and record is not None and not self.options.force:
-            self.records.append(record)
+            self._later(self._records.append, record)
             self._entry(item, self.target_name(target), "skipped", folder=folder, record=record)
             return False
         if state is FolderState.FOREIGN or (
@@ -262,17 +436,22 @@ class Runner:
                 self._fail(item, name, f"explain failed ({type(e).__name__}: {e})")
             return
         for i, item in enumerate(items):
-            self._write(exp, i, item, name, self.target_folder(item, target))
+            folder = self.target_folder(item, target)
+            if self.render is None:
+                self._commit_write(exp, i, item, name, folder, self._render(exp, i, item, folder))
+                continue
+            self._writing[folder.parent] += 1
+            self.render.submit(
+                functools.partial(self._render, exp, i, item, folder),
+                functools.partial(self._commit_write, exp, i, item, name, folder),
+            )
 
-    def _write(self, exp: Explanation, i: int, item: Item, name: str, folder: Path) -> None:
-        notes = exp.notes(i)
-        if exp.refused[i]:
-            self._entry(item, name, "refused", reason=f"{item.source}: {notes[0]}", exp=exp, i=i)
-            log.warning("%s: %s", item.source, notes[0])
-            return
-        for note in notes:
-            log.warning("%s [%s]: %s", item.source, name, note)
+    def _render(self, exp: Explanation, i: int, item: Item, folder: Path) -> tuple[str, Any]:
+        """Write ``folder`` (on any thread): ``("done", record)``, ``("failed", reason)``
+        or ``("refused", None)``."""
         try:
+            if exp.refused[i]:
+                return "refused", None
             record = write_explanation(
                 exp,
                 i,
@@ -284,16 +463,39 @@ class Runner:
                 timings={"load_seconds": round(item.load_seconds, 4)},
             )
         except OutputConflict as e:
-            self._fail(item, name, str(e))
-            return
+            return "failed", str(e)
         except Exception as e:  # noqa: BLE001 - reported per image; the batch goes on
-            self._fail(item, name, f"rendering failed ({type(e).__name__}: {e})")
+            return "failed", f"rendering failed ({type(e).__name__}: {e})"
+        finally:
+            if self.render is not None:
+                self._writing[folder.parent] -= 1
+        return "done", record
+
+    def _commit_write(
+        self, exp: Explanation, i: int, item: Item, name: str, folder: Path, result: tuple[str, Any]
+    ) -> None:
+        """Log and record what :meth:`_render` did (in input order)."""
+        status, value = result
+        notes = exp.notes(i)
+        if status == "refused":
+            reason = f"{item.source}: {notes[0]}"
+            self._entry_now(item, name, "refused", reason=reason, exp=exp, i=i)
+            log.warning("%s: %s", item.source, notes[0])
             return
-        self.records.append(record)
-        self._entry(item, name, "done", folder=folder, record=record)
+        for note in notes:
+            log.warning("%s [%s]: %s", item.source, name, note)
+        if status == "failed":
+            self._fail_now(item, name, value)
+            return
+        self._records.append(value)
+        self._entry_now(item, name, "done", folder=folder, record=value)
 
     # -- entries ------------------------------------------------------------------------
-    def _entry(
+    def _entry(self, *args: Any, **kwargs: Any) -> None:
+        """Add an entry after everything queued before it (see :meth:`_entry_now`)."""
+        self._later(lambda: self._entry_now(*args, **kwargs))
+
+    def _entry_now(
         self,
         item: Item,
         target: str | None,
@@ -321,16 +523,19 @@ class Runner:
             "dir": relative(folder, self.out) if folder is not None else None,
             "report": relative(folder / "report.html", self.out) if folder is not None else None,
         }
-        self.entries.append(entry)
+        self._entries.append(entry)
         if self.on_entry is not None:
             self.on_entry(entry)
 
     def _fail(self, item: Item, target: str | None, reason: str) -> None:
+        self._later(self._fail_now, item, target, reason)
+
+    def _fail_now(self, item: Item, target: str | None, reason: str) -> None:
         reason = " ".join(reason.split())
         if item.source not in reason:
             reason = f"{item.source}: {reason}"
         log.error("%s", reason)
-        self._entry(item, target, "failed", reason=reason)
+        self._entry_now(item, target, "failed", reason=reason)
 
     def _resolve(self, targets: Sequence[TargetSpec] | None) -> list[int] | None:
         if not targets:
