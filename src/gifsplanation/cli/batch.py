@@ -87,6 +87,14 @@ def register(app: typer.Typer) -> None:
         max_lambda: MaxLambda = 10000.0,
         max_image_change: MaxImageChange = 0.5,
         lambda_range: LambdaRangeOpt = None,
+        compile_: Annotated[
+            bool,
+            typer.Option(
+                "--compile",
+                help="torch.compile the decoder+classifier frames: tens of seconds once per "
+                "process, then faster; for long runs (docs/performance.md).",
+            ),
+        ] = False,
     ) -> None:
         """Explain a dataset, alone or on many processes/GPUs/machines with torchrun."""
         from .. import distributed
@@ -115,6 +123,7 @@ def register(app: typer.Typer) -> None:
             mp4=mp4,
             flow=flow,
             progress=progress,
+            compile=compile_,
         )
         common.check_device(device)
         try:

@@ -15,7 +15,7 @@ from .._core.heatmaps import HEATMAPS
 from .._core.latent_shift import FRAME_MODES, OOD_POLICIES, LatentShift
 from .._core.search import STRATEGIES, SearchConfig
 
-RUNTIME_FIELDS = ("force", "progress", "device", "batch_size", "images_per_call")
+RUNTIME_FIELDS = ("force", "progress", "device", "batch_size", "images_per_call", "compile")
 """Options that change how a run goes, never what it writes."""
 
 
@@ -46,6 +46,8 @@ class ExplainOptions:
         progress: show a progress bar (default False; the CLI turns it on).
         search: overrides of :class:`~gifsplanation.SearchConfig` fields, e.g.
             ``{"lower_change": 0.5, "threshold_mode": "absolute", "max_lambda": 1000}``.
+        compile: run the engine's frames through ``torch.compile`` (default False; pays
+            off on long runs only, see docs/performance.md).
 
     Example:
         >>> ExplainOptions(n_frames=5, search={"max_lambda": 1000}).output_settings()["search"]
@@ -70,6 +72,7 @@ class ExplainOptions:
     flow: bool = True
     progress: bool = False
     search: dict[str, Any] = field(default_factory=dict)
+    compile: bool = False
 
     def __post_init__(self) -> None:
         self.maps = tuple(self.maps)
@@ -109,5 +112,6 @@ class ExplainOptions:
             n_frames=self.n_frames,
             batch_size=self.batch_size,
             ood=self.ood,  # type: ignore[arg-type]
+            compile=self.compile,
             **self.search,
         )
