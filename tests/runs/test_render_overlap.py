@@ -145,3 +145,37 @@ def test_cancel_drops_queued_work_but_finishes_the_running_task():
     threading.Timer(0.2, gate.set).start()
     pool.close(cancel=True)
     assert ran == [0]
+
+
+def test_an_interrupt_seen_by_both_render_threads_is_one_clean_stop(tiny32, tmp_path, monkeypatch):
+    """The second render thread stops on the interrupt after the run began cleaning up
+    after the first: the run still ends in one RunInterrupted with its result."""
+    from gifsplanation.runs import outputs
+
+    second_started, cleaning_up = threading.Event(), threading.Event()
+    calls = iter(range(100))
+
+    def interrupted(*args, **kwargs):
+        if next(calls) == 0:
+            second_started.wait(10)
+        else:
+            second_started.set()
+            cleaning_up.wait(10)
+        raise KeyboardInterrupt
+
+    original_flush = runner_module.Runner.flush
+
+    def flush(self, cancel=False):
+        if cancel:
+            cleaning_up.set()
+        return original_flush(self, cancel=cancel)
+
+    monkeypatch.setattr(outputs, "save_curve", interrupted)
+    monkeypatch.setattr(runner_module.Runner, "flush", flush)
+    files = inputs(tmp_path)[:4]
+    opts = ExplainOptions(n_frames=5, mp4=False, flow=False, images_per_call=1)
+    with pytest.raises(RunInterrupted) as stop:
+        explain_many(files, *tiny32, ["blob"], tmp_path / "out", opts)
+    assert second_started.is_set() and cleaning_up.is_set()
+    assert stop.value.result.interrupted
+    assert not list((tmp_path / "out").glob("*/blob/explanation.json"))

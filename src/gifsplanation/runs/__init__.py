@@ -171,7 +171,8 @@ def explain_many(
             except KeyboardInterrupt:
                 interrupted = True
                 # Finish the folder being written; drop the queued ones (redone next run).
-                with contextlib.suppress(Exception):
+                # A second render thread may stop on the same interrupt: already handled.
+                with contextlib.suppress(Exception, KeyboardInterrupt):
                     runner.flush(cancel=True)
     result = RunResult(entries=runner.entries, records=runner.records, interrupted=interrupted)
     if write_index:
