@@ -186,7 +186,9 @@ def register(app: typer.Typer) -> None:
         clf, ae = common.models_or_exit(classifier, autoencoder, device)
         base_refs = {r for r in (classifier, getattr(clf, "name", None)) if r}
         if classifier is None:
-            base_refs.add("cxr-classifier")
+            from ..models import DEFAULT_CLASSIFIER
+
+            base_refs.add(DEFAULT_CLASSIFIER)
         loaded: dict[str, Any] = {}
         observers: list[Observer] = []
         for ref, output in specs:

@@ -143,13 +143,25 @@ def _entries() -> dict[str, ModelEntry]:
             name="cxr-classifier",
             kind="classifier",
             source="bundled",
-            description="small ResNet trained on COVID-QU-Ex originals only (see "
-            "docs/model-card.md)",
+            description="small ResNet trained on COVID-QU-Ex originals only, "
+            "adversarially (robust: its counterfactuals darken the lungs; docs/model-card.md)",
             input=bundled_in,
             output="probability (independent temperature-calibrated sigmoids, one per "
             "finding; operating points stored in the model)",
             targets=list(CLASSIFIER_TARGETS),
             bundled_file="cxr-classifier.pt",
+        ),
+        ModelEntry(
+            name="cxr-classifier-accurate",
+            kind="classifier",
+            source="bundled",
+            description="as cxr-classifier without adversarial training: higher AUC, "
+            "but its counterfactuals hardly change the image (docs/model-card.md)",
+            input=bundled_in,
+            output="probability (independent temperature-calibrated sigmoids, one per "
+            "finding; operating points stored in the model)",
+            targets=list(CLASSIFIER_TARGETS),
+            bundled_file="cxr-classifier-accurate.pt",
         ),
         ModelEntry(
             name="cxr-classifier-recon-softmax",
@@ -201,6 +213,16 @@ def _entries() -> dict[str, ModelEntry]:
             input=bundled_in,
             output="reconstruction in [-1024, 1024]",
             bundled_file="cxr-ae-7x7.pt",
+        ),
+        ModelEntry(
+            name="cxr-ae-sharp",
+            kind="autoencoder",
+            source="bundled",
+            description="sharper AE (SSIM and edge loss terms), latent 32x14x14; "
+            "lower IoU than cxr-ae (docs/model-card.md)",
+            input=bundled_in,
+            output="reconstruction in [-1024, 1024]",
+            bundled_file="cxr-ae-sharp.pt",
         ),
     ]
     chosen = next(e for e in entries if e.name == CHOSEN_AE)
