@@ -66,7 +66,7 @@ done
 
 # 5. Does the shortcut classifier read the marker? p(COVID-19) on the 745 validation
 #    images as they are and with the marker drawn on every one.
-$PY - "$DATA" cxr-classifier cxr-classifier-recon-softmax "$WEIGHTS/cxr-shortcut-marker.pt" \
+$PY - "$DATA" cxr-classifier-accurate cxr-classifier-recon-softmax "$WEIGHTS/cxr-shortcut-marker.pt" \
     "$RUNS/cxr-clean-control/model.pt" \
     <<'EOF' | tee "$RUNS/shortcut-behaviour.txt"
 import sys
@@ -92,29 +92,33 @@ for ref in sys.argv[2:]:
           f"{(p[0][~pos] > 0.5).mean():.3f} -> {(p[1][~pos] > 0.5).mean():.3f}")
 EOF
 
-# 6. The demonstrations (docs/alignment.md). Bundled classifier and autoencoder unless said.
+# 6. The demonstrations (docs/alignment.md). Bundled autoencoder unless said; the bundled
+#    classifier is cxr-classifier-accurate (the default until 0.2, with which the numbers
+#    in docs/alignment.md were measured), named explicitly: the default cxr-classifier is
+#    now the adversarially trained one.
+B=cxr-classifier-accurate
 X="$WEIGHTS/cxr-extent.pt"; S="$WEIGHTS/cxr-shortcut-marker.pt"; C="$RUNS/cxr-clean-control/model.pt"
 for MODE in residual reconstruction; do   # 6a. what the COVID-19 classifier's counterfactuals move
-    $GIF align "$RUNS/eval-clean/data.csv" --target COVID-19 --mode $MODE \
-        --observe "$X:OpacityExtent" --observe cxr-classifier:Pneumonia \
-        --observe "cxr-classifier:Non-COVID pneumonia" --out "$RUNS/d1-$MODE"
+    $GIF align "$RUNS/eval-clean/data.csv" --classifier $B --target COVID-19 --mode $MODE \
+        --observe "$X:OpacityExtent" --observe $B:Pneumonia \
+        --observe "$B:Non-COVID pneumonia" --out "$RUNS/d1-$MODE"
 done
 A=cxr-classifier-recon-softmax           # the 0.1 softmax classifier: where its probability goes
 $GIF align "$RUNS/eval-clean/data.csv" --classifier $A --target COVID-19 \
     --observe "$X:OpacityExtent" --observe $A:Normal --observe "$A:Non-COVID pneumonia" \
     --no-image-plots --out "$RUNS/d1-softmax"
 for SET in clean marked; do              # 6b. the shortcut, from each base, without/with marker
-    $GIF align "$RUNS/eval-$SET/data.csv" --target COVID-19 --observe "$S:COVID-19" \
+    $GIF align "$RUNS/eval-$SET/data.csv" --classifier $B --target COVID-19 --observe "$S:COVID-19" \
         --observe "$C:COVID-19" --observe "$X:OpacityExtent" --no-image-plots \
         --out "$RUNS/d2-bundled-$SET"
     $GIF align "$RUNS/eval-$SET/data.csv" --classifier "$X" --target OpacityExtent \
         --min-base-change 0.05 --observe "$S:COVID-19" --observe "$C:COVID-19" \
-        --observe cxr-classifier:COVID-19 --no-image-plots --out "$RUNS/d2-extent-$SET"
+        --observe $B:COVID-19 --no-image-plots --out "$RUNS/d2-extent-$SET"
     $GIF align "$RUNS/eval-$SET/data.csv" --classifier "$C" --target COVID-19 \
-        --observe cxr-classifier:COVID-19 --observe "$X:OpacityExtent" --observe "$S:COVID-19" \
+        --observe $B:COVID-19 --observe "$X:OpacityExtent" --observe "$S:COVID-19" \
         --no-image-plots --out "$RUNS/d2-control-$SET"
     $GIF align "$RUNS/eval-$SET/data.csv" --classifier "$S" --target COVID-19 \
-        --observe cxr-classifier:COVID-19 --observe "$X:OpacityExtent" --observe "$C:COVID-19" \
+        --observe $B:COVID-19 --observe "$X:OpacityExtent" --observe "$C:COVID-19" \
         --no-image-plots --out "$RUNS/d2-shortcut-$SET"
 done
 
