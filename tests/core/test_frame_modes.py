@@ -9,12 +9,11 @@ from torch import nn
 
 from gifsplanation import LatentShift, OODGate, StopReason
 from gifsplanation._core.heatmaps import HEATMAPS
+from gifsplanation.testing import BlobData
 
 
 @pytest.fixture(scope="module")
 def positives():
-    from gifsplanation.testing import BlobData
-
     x, _, masks = BlobData(seed=11).batch(6, positive=True)
     return x, masks
 
@@ -227,3 +226,15 @@ def test_a_flat_image_ends_with_a_finite_search(tiny, mode):
         r is not StopReason.IMAGE_CHANGE or abs(b) > 1e-6
         for r, b in zip(exp.stop_reasons[0].values(), exp.bounds[0], strict=True)
     )
+
+
+def test_a_side_that_falls_short_says_how_far_it_got(tiny32):
+    """A removal stopped by the λ cap names the prediction reached against its goal."""
+    clf, ae = tiny32
+    x, _, _ = BlobData(seed=3).batch(1, positive=True)
+    exp = LatentShift(clf, ae, max_lambda=1e-3).explain(x, target="blob")
+    assert exp.stop_reasons[0]["lower"] == StopReason.LAMBDA_CAP
+    note = next(n for n in exp.notes(0) if n.startswith("removal"))
+    start, end, goal = (f"{v:.3g}" for v in (exp.input_preds[0], exp.preds[0][0], exp.goals[0, 0]))
+    assert f"p(blob) went from {start} to {end} against a goal of {goal}" in note
+    assert "max_lambda" in note and "not a counterfactual" in note

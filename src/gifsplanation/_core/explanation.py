@@ -6,6 +6,7 @@ evaluation code read it without touching the models again.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -153,10 +154,27 @@ class Explanation:
                 f"{float(self.operating_points[index]):.3g}); "  # type: ignore[index]
                 "the frames show what would add it"
             )
-        for side in SIDES:
+        for k, side in enumerate(SIDES):
             if reasons[side] not in SETTLED:
-                out.append(f"{side} side: {reasons[side].description}")
+                out.append(self._side_note(index, k, name))
         return out
+
+    def _side_note(self, index: int, k: int, name: str) -> str:
+        """Why side ``k`` (0 = removal, 1 = exaggeration) of image ``index`` fell short, with
+        the prediction it reached against its goal."""
+        side = SIDES[k]
+        what = ("removal (λ < 0)", "exaggeration (λ > 0)")[k]
+        reason = self.stop_reasons[index][side]
+        text = f"{what}: {reason.description}"
+        goal = float(self.goals[index, k])
+        if reason.reached or math.isnan(goal):
+            return text
+        start = float(self.input_preds[index])
+        end = float(self.preds[index][0 if k == 0 else -1])
+        return (
+            f"{text}; p({name}) went from {start:.3g} to {end:.3g} against a goal of "
+            f"{goal:.3g}: read its end frame as a partial change, not a counterfactual"
+        )
 
     def reached(self, side: str = "lower") -> list[bool]:
         """Whether ``side`` ("lower" or "upper") reached its goal, per image."""
