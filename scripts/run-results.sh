@@ -13,7 +13,7 @@
 #   THREADS=N    torch CPU threads per command (default 1: the machines are shared)
 #
 # Every Latent Shift experiment runs with the engine defaults (fast search, relative goals
-# −30% / +5%, |λ| ≤ 10000, image-change stop 0.5, 10 frames) in BOTH frame modes on the same
+# −30% / +5%, |λ| ≤ 10000, image-change stop 0.1, 10 frames) in BOTH frame modes on the same
 # images (--mode both: residual x + D(z₀+λdz) − D(z₀), the default, and the paper's
 # reconstruction D(z₀+λdz)), so each table can compare them with paired Wilcoxon tests.
 # Images are drawn per target with seed 0; a smaller --limit draws a prefix of a larger one.

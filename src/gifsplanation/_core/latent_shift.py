@@ -104,7 +104,7 @@ class LatentShift:
             again. See :func:`place_frames`.
         config: a :class:`SearchConfig`; keyword arguments named like its fields
             (``lower_change=0.3``, ``upper_change=0.05``, ``threshold_mode="relative"``,
-            ``max_lambda=10000``, ``max_image_change=0.5``, ``lambda_range``, ``rtol``,
+            ``max_lambda=10000``, ``max_image_change=0.1``, ``lambda_range``, ``rtol``,
             ``ftol``) override it.
 
     Both models are put in eval mode. The engine runs on the device of the inputs (CPU or

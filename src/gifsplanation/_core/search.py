@@ -127,7 +127,7 @@ class SearchConfig:
     upper_change: float | None = 0.05
     threshold_mode: ThresholdMode = "relative"
     max_lambda: float = 10000.0
-    max_image_change: float | None = 0.5
+    max_image_change: float | None = 0.1
     rtol: float = 0.05
     ftol: float = 0.05
     lambda_range: tuple[float, float] | None = None

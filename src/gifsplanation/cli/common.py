@@ -17,6 +17,11 @@ from typing import Annotated, Any
 
 import typer
 
+from .._core.search import SearchConfig
+
+#: The engine's image-change stop (``SearchConfig.max_image_change``), as the CLI default.
+DEFAULT_MAX_IMAGE_CHANGE: float = SearchConfig.max_image_change or 0.0
+
 log = logging.getLogger(__name__)
 PACKAGE_LOGGER = "gifsplanation"
 """The logger :func:`setup_logging` configures: every module logs under it (``__name__``)."""

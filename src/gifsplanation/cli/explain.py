@@ -76,7 +76,7 @@ def register(app: typer.Typer) -> None:
         upper_change: UpperChange = 0.05,
         threshold_mode: ThresholdModeOpt = "relative",
         max_lambda: MaxLambda = 10000.0,
-        max_image_change: MaxImageChange = 0.5,
+        max_image_change: MaxImageChange = common.DEFAULT_MAX_IMAGE_CHANGE,
         lambda_range: LambdaRangeOpt = None,
     ) -> None:
         """Explain images with Latent Shift: GIF, MP4, maps, curve, flow and report per target."""

@@ -77,7 +77,7 @@ class EngineOptions:
     upper_change: float | None = 0.05
     threshold_mode: str = "relative"
     max_lambda: float = 10000.0
-    max_image_change: float | None = 0.5
+    max_image_change: float | None = SearchConfig.max_image_change
     lambda_range: tuple[float, float] | None = None
     ood: str = "warn"
 
