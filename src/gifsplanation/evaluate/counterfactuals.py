@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -336,7 +337,7 @@ def _plot(run: Any, rows: list[dict[str, Any]]) -> None:
         ("grey_lungs", "grey Δ in the lungs (8-bit)"),
     )
     fig, axes = plt.subplots(1, len(panels), figsize=(3.3 * len(panels), 3.6))
-    labels = [f"{t}\n{m}" for t, m in groups]
+    labels = ["\n".join([*textwrap.wrap(str(t), 12), str(m)]) for t, m in groups]
     for ax, (key, title) in zip(axes, panels, strict=True):
         data = [
             [
