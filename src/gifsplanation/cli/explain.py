@@ -143,12 +143,22 @@ def register(app: typer.Typer) -> None:
         out: Annotated[Path, typer.Option("--out", "-o", help="Output folder.")] = Path(
             "gifsplanation-demo"
         ),
+        target: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--target",
+                "-t",
+                help="Target(s) to explain (repeatable); default: COVID-19, the finding the "
+                "demo image was made to show (else the most confident output).",
+            ),
+        ] = None,
         mode: ModeOpt = "residual",
         frames: FramesOpt = 10,
         device: DeviceOpt = "cpu",
         force: ForceOpt = False,
     ) -> None:
         """Explain the built-in example image with the bundled models (fully offline)."""
+        from ..models.demo import DEMO_TARGET
         from ..runs import ExplainOptions, explain_many
 
         common.setup_logging()
@@ -163,12 +173,14 @@ def register(app: typer.Typer) -> None:
         options = ExplainOptions(
             n_frames=frames, mode=mode, device=device, force=force, progress=True
         )
+        # a classifier without that output: its most confident one
+        default = [DEMO_TARGET] if DEMO_TARGET in (getattr(clf, "targets", None) or []) else None
         try:
             result = explain_many(
                 [image],
                 clf,
                 ae,
-                None,
+                target or default,
                 out,
                 options,
                 names=["demo"],

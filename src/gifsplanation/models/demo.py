@@ -27,6 +27,8 @@ from .registry import (
 log = logging.getLogger(__name__)
 
 DEMO_LATENT = "cxr-demo-latent.pt"
+#: What the demo explains by default: the finding its image was synthesised to show.
+DEMO_TARGET = "COVID-19"
 
 
 def make_demo_latent(target_prob: float = 0.75, max_steps: int = 100) -> torch.Tensor:
