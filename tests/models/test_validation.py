@@ -65,6 +65,7 @@ def test_measure_scores_outputs_by_the_mapping(result) -> None:
     # the IoU target's images: its positive labels, with a non-empty mask (blob only)
     iou = result["autoencoders"]["ae-a"]["iou"]
     assert iou["positive_labels"] == ["blob", "none"] and iou["n"] == 2
+    assert iou["search"]["lower_change"] == pytest.approx(0.3)  # the engine config is kept
     assert all(name.startswith("blob_") for name in iou["items"])
 
 

@@ -24,7 +24,7 @@ import shlex
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,9 +269,10 @@ def measure(
             e["pos_change"] = e["pos_f_recon"] - e["pos_f_x"]
             e["neg_change"] = e["neg_f_recon"] - e["neg_f_x"]
         real = realism(ae, images)
-        per_mode = {}
+        per_mode, search = {}, None
         for mode in modes:
             ls = LatentShift(classifier, ae, mode=mode, strategy=strategy)
+            search = asdict(ls.config)  # the engine's defaults when this ran
             ious, evals, reached, refused = [], [], 0, 0
             for s in range(0, len(iou_items), 8):
                 chunk = iou_items[s : s + 8]
@@ -316,6 +317,7 @@ def measure(
                 "items": [str(dataset.records[i].image.name) for i, _ in iou_items],
                 "random_map_mean": _mean(random_ref),
                 "strategy": strategy,
+                "search": search,
                 "modes": per_mode,
             },
             "seconds": time.time() - t0,
@@ -344,6 +346,15 @@ def _f(v: float, fmt: str = ".3f") -> str:
     return "–" if v != v else format(v, fmt)  # NaN -> dash
 
 
+def _search_line(search: dict[str, Any] | None) -> str:
+    if not search:
+        return ""
+    return (
+        f", lower goal {search['lower_change']:g} ({search['threshold_mode']}), "
+        f"image-change stop {search['max_image_change'] or 'off'}, |λ| ≤ {search['max_lambda']:g}"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     """The measured numbers as Markdown (for docs/model-card.md): a line on the classifier,
     one table of autoencoders × frame modes, the paired tests, and per autoencoder the
@@ -363,7 +374,7 @@ def markdown(result: dict[str, Any]) -> str:
         lines += [
             f"IoU: latentshift-max map for {iou['target']} vs infection mask (top-p rule) on "
             f"{iou['n']} {' / '.join(iou['positive_labels'])} images with masks; "
-            f"strategy {iou['strategy']}.",
+            f"strategy {iou['strategy']}{_search_line(iou.get('search'))}.",
             "",
         ]
     lines += [
