@@ -467,6 +467,7 @@ def _run(
             if info.distributed:
                 raise
             interrupted = True
+            runner.stop()
 
     local = count_statuses(runner.entries)
     counts = dict(zip(STATUSES, counter.reduce([local[s] for s in STATUSES]), strict=True))

@@ -20,7 +20,6 @@ files gifsplanation did not write.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Sequence
 from dataclasses import replace
@@ -170,10 +169,7 @@ def explain_many(
                 run_items(runner, items)
             except KeyboardInterrupt:
                 interrupted = True
-                # Finish the folder being written; drop the queued ones (redone next run).
-                # A second render thread may stop on the same interrupt: already handled.
-                with contextlib.suppress(Exception, KeyboardInterrupt):
-                    runner.flush(cancel=True)
+                runner.stop()
     result = RunResult(entries=runner.entries, records=runner.records, interrupted=interrupted)
     if write_index:
         result.manifest, result.index = write_summary(

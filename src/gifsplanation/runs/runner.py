@@ -23,6 +23,7 @@ operations are slower with two OpenMP threads on a busy machine than with one.
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -126,8 +127,9 @@ class RenderPool:
     A task is ``work()`` (run on any thread, concurrently with others) and
     ``commit(result)`` (run in submission order, one at a time). A task that raises —
     ``KeyboardInterrupt`` included — stops the pool's work: the exception is re-raised by
-    the next :meth:`submit`, :meth:`wait` or :meth:`close` on the caller's side, and tasks
-    not started yet are dropped.
+    the next :meth:`submit`, :meth:`wait` or :meth:`close` on the caller's side, and work
+    not started yet is dropped (its commit too); work that finished is still committed,
+    and so are tasks without work (bookkeeping of what already happened).
     """
 
     def __init__(self, workers: int = 2, prepare: Callable[[], None] | None = None) -> None:
@@ -200,7 +202,8 @@ class RenderPool:
         while (task := self._tasks.get()) is not None:
             seq, work, commit = task
             ran, result, error = False, None, None
-            if self._error is None and not self._cancel:
+            # bookkeeping (no work) always lands; work not started after a stop is dropped
+            if work is None or (self._error is None and not self._cancel):
                 ran = True
                 try:
                     result = work() if work is not None else None
@@ -210,13 +213,13 @@ class RenderPool:
                 self._results[seq] = (ran, result, commit, error)
                 while self._committed in self._results:
                     ran, result, commit, error = self._results.pop(self._committed)
-                    if error is not None and self._error is None:
-                        self._error = error
-                    elif ran and commit is not None and self._error is None:
+                    if error is not None:
+                        self._error = self._error or error
+                    elif ran and commit is not None:  # finished work is recorded, even late
                         try:
                             commit(result)
                         except BaseException as e:  # noqa: BLE001 - as above
-                            self._error = e
+                            self._error = self._error or e
                     self._committed += 1
                 self._cond.notify_all()
 
@@ -306,6 +309,13 @@ class Runner:
         started yet); re-raises what stopped the rendering thread."""
         if self.render is not None:
             self.render.close(cancel=cancel)
+
+    def stop(self) -> None:
+        """After Ctrl-C: finish the folder being written, drop the queued ones (the next
+        run redoes them), and swallow what the rendering threads raise while stopping (a
+        second thread may stop on the same interrupt)."""
+        with contextlib.suppress(Exception, KeyboardInterrupt):
+            self.flush(cancel=True)
 
     def _later(self, fn: Callable[..., Any], *args: Any) -> None:
         """Run ``fn(*args)`` after everything queued before it (now, without overlap)."""
