@@ -1,27 +1,45 @@
-"""Start-up: the package and ``gifsplanation --help`` load without PyTorch; the lazy
-command listing says exactly what the commands say."""
+"""Start-up: the package, ``gifsplanation --help`` and ``gifsplanation models`` load without
+PyTorch (nor torchxrayvision), and ``models`` prints what it prints in a process that has
+them; the lazy command listing says exactly what the commands say."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import click
+import pytest
 import typer
 
 from gifsplanation import cli
+from gifsplanation.models import xrv_zoo
 
 NO_TORCH = """
 import sys
 {body}
-loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "torchxrayvision"))
 print("TORCH" if loaded else "NO-TORCH")
 """
 
+RUN_CLI = """
+from gifsplanation.cli import main
+sys.argv = ["gifsplanation", *{args!r}]
+try:
+    main()
+except SystemExit as e:
+    assert e.code in (0, None), e.code
+"""
 
-def run(body: str) -> str:
+
+def run(body: str, env: dict[str, str] | None = None) -> str:
     code = NO_TORCH.format(body=body)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -31,17 +49,29 @@ def test_importing_the_package_and_the_cli_does_not_import_torch():
 
 
 def test_help_does_not_import_torch():
-    body = """
-from gifsplanation.cli import main
-sys.argv = ["gifsplanation", "--help"]
-try:
-    main()
-except SystemExit as e:
-    assert e.code == 0, e.code
-"""
-    out = run(body)
+    out = run(RUN_CLI.format(args=["--help"]))
     assert "explain" in out and "batch" in out and "models" in out
     assert out.strip().endswith("NO-TORCH")
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models"],
+        ["models", "cxr-classifier"],
+        ["models", "--json"],
+        ["models", "xrv-vqgan-768-sd"],
+    ],
+)
+def test_models_does_not_import_torch_and_prints_the_same(args: list[str], tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    args = [*args, "--cache-dir", str(tmp_path)]  # the same XRV files (one present) in both
+    (tmp_path / xrv_zoo.weights_filename("densenet", "densenet121-res224-rsna")).touch()
+    env = {"COLUMNS": "80"}
+    expected = CliRunner().invoke(cli.app, args, env=env)  # the same command in this process
+    assert expected.exit_code == 0, expected.output
+    assert run(RUN_CLI.format(args=args), env=env) == expected.output + "NO-TORCH\n"
 
 
 def test_public_names_load_on_first_use():
@@ -54,6 +84,20 @@ def test_public_names_load_on_first_use():
     from gifsplanation._core.latent_shift import LatentShift as Defined
 
     assert LatentShift is Defined
+
+
+def test_model_names_load_on_first_use_and_the_registry_re_exports_the_catalogue():
+    from gifsplanation import models
+    from gifsplanation.models import catalog, registry
+
+    assert set(models.__all__) <= set(dir(models))
+    for name in models.__all__:
+        assert getattr(models, name) is not None
+    for name in ("ModelEntry", "UnknownModelError", "get_entry", "list_models", "WEIGHTS_DIR"):
+        assert getattr(registry, name) is getattr(catalog, name)
+    assert models.get_classifier is registry.get_classifier
+    with pytest.raises(AttributeError):
+        models.no_such_name  # noqa: B018
 
 
 def test_the_lazy_listing_matches_every_command():

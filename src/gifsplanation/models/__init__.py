@@ -1,25 +1,37 @@
 """Models: the registry (bundled CXR models and the TorchXRayVision zoo), the demo input,
 our architectures, checkpoints and training.
 
+Importing the package is cheap: the names below load their module on first use, so the
+catalogue (:func:`list_models`, :func:`get_entry`, :class:`ModelEntry`) is read without
+PyTorch; the loaders and architectures import it.
+
 Example:
     >>> from gifsplanation.models import list_models
     >>> "xrv-densenet121-all" in [e.name for e in list_models("classifier")]
     True
 """
 
-from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss
-from .demo import demo_image
-from .registry import (
-    DEFAULT_AUTOENCODER,
-    DEFAULT_CLASSIFIER,
-    ModelEntry,
-    UnknownModelError,
-    get_autoencoder,
-    get_classifier,
-    get_entry,
-    list_models,
-)
-from .xrv import WeightsUnavailableError
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS: dict[str, str] = {
+    "CXRAutoencoder": ".architectures",
+    "CXRClassifier": ".architectures",
+    "elastic_loss": ".architectures",
+    "DEFAULT_AUTOENCODER": ".catalog",
+    "DEFAULT_CLASSIFIER": ".catalog",
+    "ModelEntry": ".catalog",
+    "UnknownModelError": ".catalog",
+    "get_entry": ".catalog",
+    "list_models": ".catalog",
+    "demo_image": ".demo",
+    "get_autoencoder": ".registry",
+    "get_classifier": ".registry",
+    "WeightsUnavailableError": ".xrv",
+}
+"""Public name -> the module that defines it (imported on first access)."""
 
 __all__ = [
     "DEFAULT_AUTOENCODER",
@@ -36,3 +48,30 @@ __all__ = [
     "get_entry",
     "list_models",
 ]
+
+if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from .architectures import CXRAutoencoder, CXRClassifier, elastic_loss
+    from .catalog import (
+        DEFAULT_AUTOENCODER,
+        DEFAULT_CLASSIFIER,
+        ModelEntry,
+        UnknownModelError,
+        get_entry,
+        list_models,
+    )
+    from .demo import demo_image
+    from .registry import get_autoencoder, get_classifier
+    from .xrv import WeightsUnavailableError
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later accesses skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

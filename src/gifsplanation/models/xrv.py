@@ -21,7 +21,8 @@ by shape with the architecture, and loaded into XRV's model.
 
 Missing weights are downloaded with XRV's downloader (atomic: ``.part`` then rename) unless
 ``download=False``; offline, one :class:`WeightsUnavailableError` says which file to put
-where.
+where. Which XRV models there are, their outputs and URLs, and where their files go are
+data in :mod:`.xrv_zoo` (no torch needed).
 """
 
 from __future__ import annotations
@@ -48,14 +49,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from .checkpoint import state_dict_mismatch
+from .xrv_zoo import check_kind, config_path_for, config_url, expected_files, weights_url
+from .xrv_zoo import weights_filename as weights_filename  # re-exported: it was defined here
 
 log = logging.getLogger(__name__)
 
-JF_URL = (
-    "https://github.com/mlmed/torchxrayvision/releases/download/v1/"
-    "baseline_models_jfhealthcare-DenseNet121_pre_train.pth"
-)
-KINDS = ("densenet", "resnetae", "jf", "vqgan")
 #: Largest VQGAN (parameters of ``VQModel``) a config file may ask for: XRV's larger
 #: checkpoint (1.23 GB, with its training-only discriminator) is far below it.
 MAX_VQGAN_PARAMETERS = 500_000_000
@@ -82,68 +80,6 @@ def import_xrv() -> types.ModuleType:
         import torchxrayvision.baseline_models.ieee8023  # noqa: F401, PLC0415
         import torchxrayvision.baseline_models.jfhealthcare  # noqa: F401, PLC0415
     return xrv
-
-
-def default_cache_dir() -> Path:
-    """XRV's weights folder (``~/.torchxrayvision/models_data``)."""
-    return Path(os.path.expanduser(os.path.join("~", ".torchxrayvision", "models_data")))
-
-
-def _check_kind(kind: str) -> None:
-    if kind not in KINDS:
-        raise ValueError(f"unknown XRV model kind {kind!r}; expected one of {KINDS}")
-
-
-def weights_url(kind: str, weights: str) -> str:
-    """Download URL of XRV weights ``weights`` for ``kind`` in densenet|resnetae|jf|vqgan."""
-    _check_kind(kind)
-    xrv = import_xrv()
-    if kind == "densenet":
-        return xrv.models.model_urls[weights]["weights_url"]
-    if kind == "resnetae":
-        return xrv.autoencoders.model_urls[weights]["weights_url"]
-    if kind == "vqgan":
-        return xrv.baseline_models.ieee8023.model_urls[weights]["weights_url"]
-    return JF_URL
-
-
-def config_url(kind: str, weights: str) -> str | None:
-    """URL of the config file that goes with the weights (the VQGAN's ``.yaml``), if any."""
-    if kind != "vqgan":
-        return None
-    return import_xrv().baseline_models.ieee8023.model_urls[weights]["config_url"]
-
-
-def weights_filename(kind: str, weights: str) -> str:
-    """The file name XRV stores weights ``weights`` under."""
-    return os.path.basename(weights_url(kind, weights))
-
-
-def expected_path(kind: str, weights: str, cache_dir: str | Path | None = None) -> Path:
-    """Where the weights file is looked for: ``cache_dir`` or XRV's folder."""
-    folder = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
-    return folder / weights_filename(kind, weights)
-
-
-def expected_files(
-    kind: str, weights: str, cache_dir: str | Path | None = None
-) -> list[tuple[Path, str]]:
-    """Every file the model needs, as ``(where it must be, URL)``: the weights, then the
-    config for the VQGAN."""
-    target = expected_path(kind, weights, cache_dir)
-    files = [(target, weights_url(kind, weights))]
-    cfg = config_url(kind, weights)
-    if cfg is not None:
-        files.append((target.with_name(os.path.basename(cfg)), cfg))
-    return files
-
-
-def config_path_for(kind: str, weights: str, weights_path: str | Path) -> Path | None:
-    """The config file that goes with a local weights file: next to it, same stem, ``.yaml``
-    (how XRV names its pair); ``None`` for models without a config."""
-    if kind != "vqgan":
-        return None
-    return Path(weights_path).expanduser().with_suffix(".yaml")
 
 
 def _unavailable(name: str, kind: str, weights: str, cache_dir: Any, why: str) -> None:
@@ -190,7 +126,7 @@ def build(
         WeightsFileError: the file is unreadable, of the wrong kind, or refers to code.
         FileNotFoundError: ``weights_path`` (or its config) does not exist.
     """
-    _check_kind(kind)
+    check_kind(kind)
     if weights_path is not None:
         path = Path(weights_path).expanduser().resolve()
         if not path.is_file():
