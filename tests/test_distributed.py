@@ -266,3 +266,28 @@ def test_interrupted_run_resumes_without_recomputing(tiny32, dataset, tmp_path, 
     assert third.counts == {"done": 0, "skipped": N_IMAGES, "refused": 0, "failed": 1}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["counts"] == third.counts and manifest["world_size"] == 1
+
+
+def test_loader_workers_fork_before_any_rendering_thread(tiny32, dataset, tmp_path, monkeypatch):
+    """A rerun records its finished images (which starts the rendering threads) only after
+    the loader has forked its workers: a fork while a thread imports deadlocks the worker."""
+    import threading
+
+    from gifsplanation import distributed
+
+    clf, ae = tiny32
+    files = sorted((dataset / "images").glob("*.png"))
+    options = ExplainOptions(n_frames=4, mp4=False, flow=False, images_per_call=2)
+    explain_dataset(files[:3], clf, ae, None, tmp_path / "out", options, workers=1)
+
+    seen: list[list[str]] = []
+
+    class SpyLoader(distributed.DataLoader):
+        def __iter__(self):
+            seen.append([t.name for t in threading.enumerate()])
+            return super().__iter__()
+
+    monkeypatch.setattr(distributed, "DataLoader", SpyLoader)
+    again = explain_dataset(files, clf, ae, None, tmp_path / "out", options, workers=1)
+    assert again.count("skipped") == 3 and seen
+    assert not [n for n in seen[0] if n.startswith("gifsplanation-render")], seen[0]

@@ -419,12 +419,13 @@ def _run(
     mine = shard(len(files), info.rank, info.world_size, block=step)
     items = dict(zip(mine, make_items([files[k] for k in mine]), strict=True))
     pending: list[int] = []
+    finished = []
     for k in mine:
         found = runner.finished(items[k])
         if found is None:
             pending.append(k)
         else:
-            runner.add_skipped(items[k], found)
+            finished.append((items[k], found))
 
     # Every process makes the same number of progress reductions.
     n_batches = -(-len(pending) // step)
@@ -442,12 +443,17 @@ def _run(
         pin_memory=info.device.startswith("cuda"),
         persistent_workers=False,
     )
+    # Fork the loader's workers before any other thread runs Python (the rendering
+    # threads start with the first recorded entry, and warm up by importing): a fork while
+    # another thread holds an import lock leaves the worker deadlocked on its first import.
+    batches = iter(loader)
+    for item, found in finished:
+        runner.add_skipped(item, found)
     interrupted = False
     with progress_bar(options.progress and info.is_main, remaining=True) as progress:
         label = f"images ({info.world_size} processes)" if info.distributed else "images"
         task = progress.add_task(label, total=total, completed=skipped)
         counter = _GlobalProgress(info, progress, task)
-        batches = iter(loader)
         try:
             for _ in range(max_batches):
                 batch = next(batches, None)
