@@ -216,3 +216,22 @@ def test_gif_caption_fits_long_target_names(exp):
     assert text == name
     text, font = _fit_caption(measure, name, 40)
     assert text.endswith("…") and measure.textlength(text, font=font) <= 40
+
+
+def test_an_end_frame_short_of_its_goal_says_so_in_the_gif(tiny):
+    """A GIF is often seen without its report: the end frame of a side that stopped short
+    of its goal carries the goal in its header; reached sides do not."""
+    from gifsplanation import LatentShift
+    from gifsplanation.render.gif import frame_labels
+    from gifsplanation.testing import BlobData
+
+    clf, ae, _ = tiny
+    x, _, _ = BlobData(seed=3).batch(1, positive=True)
+    short = LatentShift(clf, ae, n_frames=5, max_lambda=1e-3).explain(x, target="blob")
+    labels = frame_labels(short, 0)
+    assert labels[0].endswith(f"goal {float(short.goals[0, 0]):.2f} not reached")
+    assert labels[-1].endswith(f"goal {float(short.goals[0, 1]):.2f} not reached")
+    assert "goal" not in "".join(labels[1:-1])
+    reached = LatentShift(clf, ae, n_frames=5).explain(x, target="blob")
+    assert reached.reached("lower") == [True]
+    assert not any("goal" in t for t in frame_labels(reached, 0)[:1])

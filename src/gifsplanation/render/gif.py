@@ -17,6 +17,7 @@ palette and the MP4 writer gets the same pixels as RGB (:func:`compose_rgb`).
 
 from __future__ import annotations
 
+import math
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -25,6 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from .._core.explanation import Explanation
+from .._core.search import SETTLED
 from ..files import atomic_path
 from ..pixels import GREY_PER_UNIT, to_uint8
 from ._common import to_numpy_2d, upscale_factor
@@ -186,7 +188,6 @@ def compose_frames(
     t, _, h, w = frames.shape
     factor = upscale_factor(h, MIN_PANEL)
     ph, pw = h * factor, w * factor
-    lambdas = [float(v) for v in exp.lambdas[index]]
     preds = [float(v) for v in exp.preds[index]]
     input_pred = float(exp.input_preds[index])
     zero = int(exp.zero_index[index])
@@ -203,8 +204,9 @@ def compose_frames(
     width = 3 * pw + BAR_WIDTH if side_by_side else pw
     legend = LEGEND if side_by_side else 0
     height = HEADER + ph + legend + SCRUBBER
-    frame_labels = [f"λ={lam:+.4g}  p={p:.2f}" for lam, p in zip(lambdas, preds, strict=True)]
+    labels_text = frame_labels(exp, index)
     measure = ImageDraw.Draw(Image.new("L", (1, 1)))
+    fitted = [_fit_caption(measure, text, pw - 6) for text in labels_text]
     caption, caption_font = "", _font()
     key = ""
     if labels and side_by_side:
@@ -239,7 +241,7 @@ def compose_frames(
                 draw.text((3, 2), f"input  p={input_pred:.2f}", fill=white, font=font)
                 draw.text((2 * pw + 3, 2), caption, fill=white, font=caption_font)
                 draw.text((3, HEADER + ph + 1), key, fill=white, font=key_font)
-            draw.text((x_frame + 3, 2), frame_labels[k], fill=white, font=font)
+            draw.text((x_frame + 3, 2), fitted[k][0], fill=white, font=fitted[k][1])
         # Position marker: makes consecutive frames distinct even when λ repeats, so the
         # GIF writer never merges them and the frame count stays 2T − 2.
         x_left = round(k * width / t)
@@ -250,6 +252,29 @@ def compose_frames(
             (x_left, top + 1, x_right, height - 2), fill=int(grey_index(np.array([230]))[0])
         )
         out.append(np.asarray(canvas))
+    return out
+
+
+def frame_labels(exp: Explanation, index: int) -> list[str]:
+    """The header of each frame of image ``index``: λ and the prediction; an end frame of a
+    side that stopped short of its goal says so (a GIF is often seen without its report).
+
+    Example:
+        >>> from gifsplanation import LatentShift
+        >>> from gifsplanation.testing import tiny_models
+        >>> clf, ae, data = tiny_models()
+        >>> exp = LatentShift(clf, ae, n_frames=3).explain(data.positive(1), target="blob")
+        >>> frame_labels(exp, 0)[1].startswith("λ=+0  p=")  # the input's frame
+        True
+    """
+    lambdas = [float(v) for v in exp.lambdas[index]]
+    preds = [float(v) for v in exp.preds[index]]
+    out = [f"λ={lam:+.4g}  p={p:.2f}" for lam, p in zip(lambdas, preds, strict=True)]
+    reasons = exp.stop_reasons[index]
+    for k, side, end in ((0, "lower", 0), (1, "upper", len(out) - 1)):
+        goal = float(exp.goals[index, k])
+        if reasons[side] not in SETTLED and lambdas[end] != 0 and not math.isnan(goal):
+            out[end] += f"  goal {goal:.2f} not reached"
     return out
 
 
