@@ -125,9 +125,9 @@ def test_curves_from_several_threads_do_not_mix(exp, tmp_path):
         named = dataclasses.replace(exp, target_names=[names[k], names[k]])
         for _ in range(3):
             save_curve(named, k % 2, tmp_path / f"{k}.png")
-        from gifsplanation.render import curve
+        from gifsplanation.render import _common
 
-        seen[names[k]] = curve._local.figures[100][1].title.get_text()
+        seen[names[k]] = _common._figures.cache["curve", 100][1].title.get_text()
 
     threads = [threading.Thread(target=draw, args=(k,)) for k in range(4)]
     for t in threads:

@@ -22,6 +22,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -197,18 +198,11 @@ def mask_quantities(dataset: MaskedCXRDataset, quantities: list[str]) -> torch.T
 def regression_targets(cfg: TrainConfig, dataset: MaskedCXRDataset) -> torch.Tensor:
     """:func:`mask_quantities` of the regression outputs, cached when ``cfg.cache_dir`` is set."""
     _, quantities = regression_outputs(cfg)
-    if cfg.cache_dir is None:
-        return mask_quantities(dataset, quantities)
-    key = "|".join(
-        [str(Path(cfg.data).resolve()), str(cfg.size), *quantities]
-        + [f"{r.infection_mask}|{r.lung_mask}" for r in dataset.records]
+    key = [str(Path(cfg.data).resolve()), str(cfg.size), *quantities]
+    key += [f"{r.infection_mask}|{r.lung_mask}" for r in dataset.records]
+    return disk_cached(
+        cfg.cache_dir, "quantities", key, lambda: mask_quantities(dataset, quantities)
     )
-    path = Path(cfg.cache_dir) / f"quantities-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        return torch.load(path, weights_only=True)
-    values = mask_quantities(dataset, quantities)
-    write_torch(path, values)
-    return values
 
 
 def output_matrix(cfg: TrainConfig, labels: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -250,39 +244,43 @@ def load_split(
     ds = MaskedCXRDataset(
         cfg.data, size=cfg.size, split=split, seed=cfg.seed, val_fraction=cfg.val_fraction
     )
-    if cfg.cache_dir is None:
-        return (ds, *ds.cached(progress=sys.stderr.isatty()))
-    key = "|".join(
-        [str(Path(cfg.data).resolve()), str(cfg.size), split, str(cfg.seed), str(cfg.val_fraction)]
-        + [str(r.image) for r in ds.records]
-    )
-    path = Path(cfg.cache_dir) / f"cxr-{split}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
-    if path.is_file():
-        try:
-            cached = torch.load(path, weights_only=True)
-            return ds, cached["images"], cached["targets"]
-        except Exception as e:  # a damaged cache is rebuilt, never fatal
-            log.warning("rebuilding unreadable dataset cache %s (%s)", path, type(e).__name__)
-    images, targets = ds.cached(progress=sys.stderr.isatty())
-    write_torch(path, {"images": images, "targets": targets})
-    return ds, images, targets
+
+    def decode() -> dict[str, torch.Tensor]:
+        images, targets = ds.cached(progress=sys.stderr.isatty())
+        return {"images": images, "targets": targets}
+
+    key = [str(Path(cfg.data).resolve()), str(cfg.size), split, str(cfg.seed)]
+    key += [str(cfg.val_fraction), *(str(r.image) for r in ds.records)]
+    cached = disk_cached(cfg.cache_dir, f"cxr-{split}", key, decode)
+    return ds, cached["images"], cached["targets"]
 
 
 def load_masks(cfg: TrainConfig, dataset: MaskedCXRDataset, size: int = 28) -> torch.Tensor:
     """The infection masks of ``dataset`` as cell shares (:func:`cached_masks`), cached
     next to the decoded images when ``cfg.cache_dir`` is set."""
-    if cfg.cache_dir is None:
-        return cached_masks(dataset, size)
-    key = "|".join(
-        [str(Path(cfg.data).resolve()), str(cfg.size), str(size)]
-        + [str(r.infection_mask) for r in dataset.records]
-    )
-    path = Path(cfg.cache_dir) / f"masks-{hashlib.sha256(key.encode()).hexdigest()[:16]}.pt"
+    key = [str(Path(cfg.data).resolve()), str(cfg.size), str(size)]
+    key += [str(r.infection_mask) for r in dataset.records]
+    return disk_cached(cfg.cache_dir, "masks", key, lambda: cached_masks(dataset, size))
+
+
+def disk_cached(
+    cache_dir: str | Path | None, prefix: str, key: list[str], compute: Callable[[], Any]
+) -> Any:
+    """``compute()``, kept in ``cache_dir`` as ``PREFIX-<16 hex of the key>.pt`` and read
+    back by later calls with the same key (tensors only: loaded with ``weights_only``); a
+    damaged file is rebuilt, never fatal. Without ``cache_dir``: ``compute()``."""
+    if cache_dir is None:
+        return compute()
+    digest = hashlib.sha256("|".join(key).encode()).hexdigest()[:16]
+    path = Path(cache_dir) / f"{prefix}-{digest}.pt"
     if path.is_file():
-        return torch.load(path, weights_only=True)
-    masks = cached_masks(dataset, size)
-    write_torch(path, masks)
-    return masks
+        try:
+            return torch.load(path, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - a damaged cache is rebuilt
+            log.warning("rebuilding unreadable cache %s (%s)", path, type(e).__name__)
+    value = compute()
+    write_torch(path, value)
+    return value
 
 
 @torch.no_grad()

@@ -18,12 +18,11 @@ from __future__ import annotations
 import io
 import math
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
 from .._core.explanation import Explanation
-from ._common import write_bytes
+from ._common import thread_figure, write_bytes
 
 _LITERAL = {"parse_math": False, "usetex": False}
 """Text properties that draw a string as-is (no ``$…$`` mathtext, no LaTeX)."""
@@ -32,25 +31,15 @@ FIGSIZE = (6.4, 4.0)
 MARGINS = {"left": 0.1, "right": 0.98, "bottom": 0.12, "top": 0.92}
 """Fixed subplot margins (fractions of the figure) that fit the labels and the title."""
 
-_local = threading.local()
+
+def _layout(fig: Any) -> Any:
+    fig.subplots_adjust(**MARGINS)
+    return fig.add_subplot(1, 1, 1)
 
 
 def _figure(dpi: int) -> tuple[Any, Any]:
-    """This thread's curve figure and axes, cleared (built on first use, per dpi)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cache = getattr(_local, "figures", None)
-    if cache is None:
-        cache = _local.figures = {}
-    if dpi not in cache:
-        fig = Figure(figsize=FIGSIZE, dpi=dpi)
-        FigureCanvasAgg(fig)
-        fig.subplots_adjust(**MARGINS)
-        cache[dpi] = (fig, fig.add_subplot(1, 1, 1))
-    fig, ax = cache[dpi]
-    ax.clear()
-    return fig, ax
+    """This thread's curve figure and axes, cleared."""
+    return thread_figure("curve", dpi, FIGSIZE, _layout)
 
 
 def warm_up(dpi: int = 100) -> None:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,26 +29,12 @@ import torch
 from torch.nn import functional as F
 
 from .._core.explanation import Explanation
-from ._common import to_numpy_2d, write_bytes
-
-_local = threading.local()
+from ._common import thread_figure, to_numpy_2d, write_bytes
 
 
 def _figure(dpi: int) -> tuple[Any, Any]:
-    """This thread's flow figure and axes, cleared (built on first use, per dpi)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    cache = getattr(_local, "figures", None)
-    if cache is None:
-        cache = _local.figures = {}
-    if dpi not in cache:
-        fig = Figure(figsize=(5, 5), dpi=dpi)
-        FigureCanvasAgg(fig)
-        cache[dpi] = (fig, fig.add_axes((0, 0, 1, 0.94)))
-    fig, ax = cache[dpi]
-    ax.clear()
-    return fig, ax
+    """This thread's flow figure and axes, cleared."""
+    return thread_figure("flow", dpi, (5, 5), lambda fig: fig.add_axes((0, 0, 1, 0.94)))
 
 
 FLOW_METHODS = ("tvl1", "ilk")
