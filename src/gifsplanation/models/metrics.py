@@ -119,7 +119,14 @@ def realism(ae: nn.Module, images: torch.Tensor) -> dict[str, float]:
     """Mean SSIM and fine-edge ratio of ``ae``'s reconstructions of cached ``uint8`` images
     (:func:`gifsplanation.metrics.ssim`, :func:`~gifsplanation.metrics.fine_edge_ratio`)."""
     x = uint8_to_model(images)
-    r = torch.cat([ae(x[i : i + 32]) for i in range(0, len(x), 32)]).clamp(-1024, 1024)
+    r = torch.cat([ae(x[i : i + 32]) for i in range(0, len(x), 32)])
+    return reconstruction_realism(r, x)
+
+
+def reconstruction_realism(recon: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """Mean SSIM and fine-edge ratio of reconstructions ``recon`` (clamped to the pixel
+    range) against the images ``x``, both ``(N, 1, H, W)`` in [−1024, 1024]."""
+    r = recon.clamp(-1024, 1024)
     pairs = [(r[i, 0].numpy(), x[i, 0].numpy()) for i in range(len(x))]
     return {
         "ssim": float(np.mean([ssim(a, b) for a, b in pairs])),

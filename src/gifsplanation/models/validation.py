@@ -35,7 +35,7 @@ from torch import nn
 from ..datasets import MaskedCXRDataset, uint8_to_model
 from ..files import write_json, write_text
 from ..metrics import iou_top_p, roc_auc
-from .metrics import classifier_metrics, realism
+from .metrics import classifier_metrics, reconstruction_realism
 from .training import TrainConfig, output_matrix
 
 log = logging.getLogger(__name__)
@@ -243,13 +243,14 @@ def measure(
     for name, ae in autoencoders.items():
         t0 = time.time()
         abs_err, n_px = 0.0, 0
-        recon_probs = []
+        recon_probs, recons = [], []
         for s in range(0, len(images), 32):
             x = uint8_to_model(images[s : s + 32])
             r = ae.decode(ae.encode(x))
             abs_err += float((r - x).abs().sum())
             n_px += x.numel()
             recon_probs.append(classifier(r))
+            recons.append(r)
         rp = torch.cat(recon_probs)
         effect = {}
         for k, t in enumerate(names):
@@ -268,7 +269,8 @@ def measure(
             e = effect[t]
             e["pos_change"] = e["pos_f_recon"] - e["pos_f_x"]
             e["neg_change"] = e["neg_f_recon"] - e["neg_f_x"]
-        real = realism(ae, images)
+        real = reconstruction_realism(torch.cat(recons), uint8_to_model(images))
+        del recons
         per_mode, search = {}, None
         for mode in modes:
             ls = LatentShift(classifier, ae, mode=mode, strategy=strategy)
