@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import skimage.registration
 import torch
-from matplotlib.figure import Figure
 from PIL import Image
 
 from gifsplanation import LatentShift
@@ -87,21 +86,10 @@ def test_mp4_refuses_bad_settings(exp, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def saved_figures(monkeypatch) -> list[Figure]:
-    saved: list[Figure] = []
-    original = Figure.savefig
-
-    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        saved.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
-    return saved
-
-
-def test_curve_and_flow_figures_are_reused_and_cleared(exp, tmp_path, monkeypatch):
+def test_curve_and_flow_figures_are_reused_and_cleared(exp, tmp_path, figures):
     warm_up()
-    saved = saved_figures(monkeypatch)
+    figures.clear()  # count from here: the warm-up renders once too
+    saved = figures
     a = dataclasses.replace(exp, target_names=["first", "first"])
     b = dataclasses.replace(exp, target_names=["second", "second"])
     save_curve(a, 0, tmp_path / "a.png")

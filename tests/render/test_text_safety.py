@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from matplotlib.figure import Figure
 from matplotlib.text import Text
 from PIL import Image
 
@@ -24,20 +23,6 @@ NAMES = [
 def exp(tiny):
     clf, ae, data = tiny
     return LatentShift(clf, ae, n_frames=5).explain(data.positive(1), target=0)
-
-
-@pytest.fixture()
-def figures(monkeypatch) -> list[Figure]:
-    """Every Matplotlib figure saved during the test, in order."""
-    saved: list[Figure] = []
-    original = Figure.savefig
-
-    def spy(self, *args, **kwargs):  # noqa: ANN001, ANN202
-        saved.append(self)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(Figure, "savefig", spy)
-    return saved
 
 
 @pytest.mark.parametrize("name", NAMES)
