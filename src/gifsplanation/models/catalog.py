@@ -131,94 +131,96 @@ def _xrv_vqgan(w: str) -> ModelEntry:
     )
 
 
+BUNDLED_INPUT = "1x224x224, [-1024, 1024] (TorchXRayVision convention)"
+SIGMOID_OUTPUT = (
+    "probability (independent temperature-calibrated sigmoids, one per finding; "
+    "operating points stored in the model)"
+)
+SOFTMAX_OUTPUT = "probability (temperature-calibrated softmax over 3 exclusive targets)"
+AE_OUTPUT = "reconstruction in [-1024, 1024]"
+
+
+def _bundled(
+    name: str,
+    kind: Literal["classifier", "autoencoder"],
+    description: str,
+    output: str,
+    targets: list[str] | None = None,
+) -> ModelEntry:
+    """A model shipped in ``gifsplanation/weights`` as ``NAME.pt``."""
+    return ModelEntry(
+        name=name,
+        kind=kind,
+        source="bundled",
+        description=description,
+        input=BUNDLED_INPUT,
+        output=output,
+        targets=targets,
+        bundled_file=f"{name}.pt",
+    )
+
+
 @functools.cache
 def _entries() -> dict[str, ModelEntry]:
-    bundled_in = "1x224x224, [-1024, 1024] (TorchXRayVision convention)"
     entries = [
-        ModelEntry(
-            name="cxr-classifier",
-            kind="classifier",
-            source="bundled",
-            description="small ResNet trained on COVID-QU-Ex originals only, "
-            "adversarially (robust: its counterfactuals darken the lungs; docs/model-card.md)",
-            input=bundled_in,
-            output="probability (independent temperature-calibrated sigmoids, one per "
-            "finding; operating points stored in the model)",
-            targets=list(CLASSIFIER_TARGETS),
-            bundled_file="cxr-classifier.pt",
+        _bundled(
+            "cxr-classifier",
+            "classifier",
+            "small ResNet trained on COVID-QU-Ex originals only, adversarially (robust: its "
+            "counterfactuals darken the lungs; docs/model-card.md)",
+            SIGMOID_OUTPUT,
+            list(CLASSIFIER_TARGETS),
         ),
-        ModelEntry(
-            name="cxr-classifier-accurate",
-            kind="classifier",
-            source="bundled",
-            description="as cxr-classifier without adversarial training: higher AUC, "
-            "but its counterfactuals hardly change the image (docs/model-card.md)",
-            input=bundled_in,
-            output="probability (independent temperature-calibrated sigmoids, one per "
-            "finding; operating points stored in the model)",
-            targets=list(CLASSIFIER_TARGETS),
-            bundled_file="cxr-classifier-accurate.pt",
+        _bundled(
+            "cxr-classifier-accurate",
+            "classifier",
+            "as cxr-classifier without adversarial training: higher AUC, but its "
+            "counterfactuals hardly change the image (docs/model-card.md)",
+            SIGMOID_OUTPUT,
+            list(CLASSIFIER_TARGETS),
         ),
-        ModelEntry(
-            name="cxr-classifier-recon-softmax",
-            kind="classifier",
-            source="bundled",
-            description="the 0.1 classifier, kept to reproduce its numbers: softmax, "
-            "trained on originals and cxr-ae reconstructions",
-            input=bundled_in,
-            output="probability (temperature-calibrated softmax over 3 exclusive targets)",
-            targets=list(COVID_TARGETS),
-            bundled_file="cxr-classifier-recon-softmax.pt",
+        _bundled(
+            "cxr-classifier-recon-softmax",
+            "classifier",
+            "the 0.1 classifier, kept to reproduce its numbers: softmax, trained on "
+            "originals and cxr-ae reconstructions",
+            SOFTMAX_OUTPUT,
+            list(COVID_TARGETS),
         ),
-        ModelEntry(
-            name="cxr-extent",
-            kind="classifier",
-            source="bundled",
-            description="regressor of infection extent (share of the lung the infection "
-            "mask covers), for counterfactual alignment",
-            input=bundled_in,
-            output="a share in [0, 1] (sigmoid regression head; not a probability)",
-            targets=["OpacityExtent"],
-            bundled_file="cxr-extent.pt",
+        _bundled(
+            "cxr-extent",
+            "classifier",
+            "regressor of infection extent (share of the lung the infection mask covers), "
+            "for counterfactual alignment",
+            "a share in [0, 1] (sigmoid regression head; not a probability)",
+            ["OpacityExtent"],
         ),
-        ModelEntry(
-            name="cxr-shortcut-marker",
-            kind="classifier",
-            source="bundled",
-            description="DEMONSTRATION ONLY: a COVID-19 classifier trained with a fabricated "
-            "corner marker on most positives (a planted shortcut; docs/alignment.md)",
-            input=bundled_in,
-            output="probability (temperature-calibrated softmax over 3 exclusive targets)",
-            targets=list(COVID_TARGETS),
-            bundled_file="cxr-shortcut-marker.pt",
+        _bundled(
+            "cxr-shortcut-marker",
+            "classifier",
+            "DEMONSTRATION ONLY: a COVID-19 classifier trained with a fabricated corner "
+            "marker on most positives (a planted shortcut; docs/alignment.md)",
+            SOFTMAX_OUTPUT,
+            list(COVID_TARGETS),
         ),
-        ModelEntry(
-            name="cxr-ae-14x14",
-            kind="autoencoder",
-            source="bundled",
-            description="ResNet-style AE, latent 16x14x14, trained on COVID-QU-Ex",
-            input=bundled_in,
-            output="reconstruction in [-1024, 1024]",
-            bundled_file="cxr-ae-14x14.pt",
+        _bundled(
+            "cxr-ae-14x14",
+            "autoencoder",
+            "ResNet-style AE, latent 16x14x14, trained on COVID-QU-Ex",
+            AE_OUTPUT,
         ),
-        ModelEntry(
-            name="cxr-ae-7x7",
-            kind="autoencoder",
-            source="bundled",
-            description="ResNet-style AE, latent 64x7x7, trained on COVID-QU-Ex",
-            input=bundled_in,
-            output="reconstruction in [-1024, 1024]",
-            bundled_file="cxr-ae-7x7.pt",
+        _bundled(
+            "cxr-ae-7x7",
+            "autoencoder",
+            "ResNet-style AE, latent 64x7x7, trained on COVID-QU-Ex",
+            AE_OUTPUT,
         ),
-        ModelEntry(
-            name="cxr-ae-sharp",
-            kind="autoencoder",
-            source="bundled",
-            description="sharper AE (SSIM and edge loss terms), latent 32x14x14; "
-            "lower IoU than cxr-ae (docs/model-card.md)",
-            input=bundled_in,
-            output="reconstruction in [-1024, 1024]",
-            bundled_file="cxr-ae-sharp.pt",
+        _bundled(
+            "cxr-ae-sharp",
+            "autoencoder",
+            "sharper AE (SSIM and edge loss terms), latent 32x14x14; lower IoU than cxr-ae "
+            "(docs/model-card.md)",
+            AE_OUTPUT,
         ),
     ]
     chosen = next(e for e in entries if e.name == CHOSEN_AE)
